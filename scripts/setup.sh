@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything VCL needs on a fresh Debian 12 machine, idempotently:
+#   - the Debian packages listed in requirements/apt-*.txt (only the missing ones; apt-get update only then),
+#   - a virtualenv in .venv with the vcl package (editable) and its pinned dependencies.
+# Usage: scripts/setup.sh            (run as root, or with sudo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/setup.sh installs Debian packages: run it as root (sudo scripts/setup.sh)" >&2
+    exit 1
+fi
+
+mapfile -t wanted < <(cat requirements/apt-*.txt | sed -e 's/#.*//' -e 's/[[:space:]]//g' | grep -v '^$' | sort -u)
+missing=()
+for pkg in "${wanted[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null || true)
+    [ "${status:0:2}" = "ii" ] || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+py=${VCL_PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv with $($py --version)"
+    "$py" -m venv .venv
+fi
+stamp=.venv/.vcl-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log "installing the vcl package and its pinned dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[postgresql,libvirt,dev]'
+    touch "$stamp"
+fi
+log "ready: $(.venv/bin/vcl --version 2>/dev/null || echo 'vcl installed')"

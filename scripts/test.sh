@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need, then lint + every test.
+# Starts a private PostgreSQL (Unix socket only) so the database tests run on both backends.
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -k priority
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+pg_url=$(bash scripts/pg.sh start)
+trap 'bash scripts/pg.sh stop' EXIT
+export VCL_TEST_PG_URL=$pg_url
+
+echo "== ruff"
+.venv/bin/ruff check .
+if compgen -G "roles/*/tasks/main.yml" >/dev/null || compgen -G "playbooks/*.yml" >/dev/null; then
+    echo "== ansible-lint (production profile)"
+    PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --profile production --offline
+fi
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,369 @@
+"""The `vcl` command: what admins and playbooks call.
+
+Every command takes ``--json`` (one JSON document on stdout) and otherwise prints a readable table.
+Exit codes: 0 done; 1 error (one line on stderr naming the problem; nothing was written);
+2 usage error; 3 a valid request that was refused or has to wait (recorded, with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__, config, db, service
+from .errors import VclError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_SERVED = 0, 1, 2, 3
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def fields(obj: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    keys = keys or [k for k in obj if not isinstance(obj[k], dict | list) or obj[k]]
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k.ljust(width)}  {_cell(obj.get(k))}" for k in keys)
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text(data))
+
+
+SLAVE_COLUMNS = ("name", "address", "status", "cores_used", "cores_total", "ram_mb_used", "ram_mb_total",
+                 "disk_gb_used", "disk_gb_total")
+RES_COLUMNS = ("id", "owner", "state", "priority", "cores", "ram_mb", "start", "end", "rescheduled", "reason")
+INST_COLUMNS = ("id", "owner", "kind", "state", "priority", "slave", "cores", "ram_mb", "mac", "private_ip",
+                "public_ip", "ends_at")
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    result = service.init()
+    emit(args, result, lambda r: f"lab database ready at {r['url']} (schema {r['schema']})")
+    return EXIT_OK
+
+
+def cmd_db_version(args: argparse.Namespace) -> int:
+    data = {"url": service._safe_url(config.db_url()), "current": db.current_revision(), "head": db.head_revision()}
+    emit(args, data, fields)
+    return EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = service.get_settings().to_json()
+    flat = {k: v for k, v in settings.items() if k != "booking"}
+    flat.update({f"booking.{k}": v for k, v in settings["booking"].items()})
+    emit(args, settings, lambda _: fields(flat))
+    return EXIT_OK
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    updates = {}
+    for item in args.assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise VclError(f"{item!r}: write settings as KEY=VALUE")
+        updates[key.strip()] = value.strip()
+    result = service.configure(updates)
+    emit(args, result, lambda _: "settings updated: " + ", ".join(sorted(updates)))
+    return EXIT_OK
+
+
+def cmd_group_add(args: argparse.Namespace) -> int:
+    emit(args, service.add_group(args.name, args.description), lambda g: f"group {g['name']} added (id {g['id']})")
+    return EXIT_OK
+
+
+def cmd_group_list(args: argparse.Namespace) -> int:
+    emit(args, service.list_groups(), lambda rows: table(rows, ("id", "name", "description")))
+    return EXIT_OK
+
+
+def cmd_slave_add(args: argparse.Namespace) -> int:
+    row = service.add_slave(args.name, args.address, args.cores, args.ram_mb, args.disk_gb, args.status)
+    emit(args, row, lambda s: f"slave {s['name']} added: {s['cores_total']} cores, {s['ram_mb_total']} MB RAM,"
+                              f" {s['disk_gb_total']} GB disk, {s['status']}")
+    return EXIT_OK
+
+
+def cmd_slave_list(args: argparse.Namespace) -> int:
+    emit(args, service.list_slaves(), lambda rows: table(rows, SLAVE_COLUMNS))
+    return EXIT_OK
+
+
+def cmd_slave_status(args: argparse.Namespace) -> int:
+    row = service.set_slave_status(args.name, args.status)
+    emit(args, row, lambda s: f"slave {s['name']} is {s['status']}")
+    return EXIT_OK
+
+
+def cmd_image_add(args: argparse.Namespace) -> int:
+    row = service.add_image(args.name, args.disk_file, description=args.description, kernel=args.kernel,
+                            ramdisk=args.ramdisk, cmdline=args.cmdline, cores=args.cores, ram_mb=args.ram_mb,
+                            disk_gb=args.disk_gb)
+    emit(args, row, lambda i: f"image {i['name']} added (id {i['id']})")
+    return EXIT_OK
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    emit(args, service.list_images(),
+         lambda rows: table(rows, ("id", "name", "disk_file", "kernel", "cores", "ram_mb", "disk_gb")))
+    return EXIT_OK
+
+
+def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"owner": args.owner, "cores": args.cores, "ram_mb": args.ram_mb, "hours": args.hours,
+            "platform_value": args.platform_value, "register_as_slave": args.register_as_slave,
+            "member": args.member, "image": args.image, "user": args.user, "dry_run": args.dry_run}
+
+
+def _reservation_text(r: dict[str, Any]) -> str:
+    head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
+    if r["state"] == "refused":
+        return f"{head}reservation refused (priority {r['priority']:.3f}): {r['reason']}"
+    lines = [f"{head}reservation {r['id'] if r['id'] is not None else '-'} accepted, priority {r['priority']:.3f}:"
+             f" {r['cores']} cores {r['start']} → {r['end']}"]
+    if r["reason"]:
+        lines.append(f"  {r['reason']}")
+    lines += [f"  moved reservation {m['id']}: {m['from']} → {m['to']} ({m['reason']})" for m in r["moved"]]
+    return "\n".join(lines)
+
+
+def cmd_reserve(args: argparse.Namespace) -> int:
+    result = service.reserve(start=args.start, **_request_kwargs(args))
+    emit(args, result, _reservation_text)
+    return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
+
+
+def _request_text(r: dict[str, Any]) -> str:
+    head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
+    lines = []
+    if r["decision"] == "place":
+        lines.append(f"{head}instance {r['id'] if r['id'] is not None else '-'} placed on {r['slave']}"
+                     f" (priority {r['priority']:.3f}), {r['hours_granted']} h until {r['ends_at']}")
+        if r.get("mac"):
+            lines.append(f"  MAC {r['mac']}  private {r['private_ip']}  public {r['public_ip']}")
+    elif r["decision"] == "suspend":
+        lines.append(f"{head}request queued (priority {r['priority']:.3f}): suspend"
+                     f" {', '.join('#' + str(v) for v in r['suspend'])} on {r['slave']} to place it")
+    else:
+        lines.append(f"{head}request {r['decision']} (priority {r['priority']:.3f})")
+    if r.get("reason"):
+        lines.append(f"  {r['reason']}")
+    if r.get("explain"):
+        lines.append(f"  placement: {r['explain']}")
+    return "\n".join(lines)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    result = service.request(disk_gb=args.disk_gb, **_request_kwargs(args))
+    emit(args, result, _request_text)
+    return EXIT_OK if result["decision"] == "place" else EXIT_NOT_SERVED
+
+
+def cmd_reservations(args: argparse.Namespace) -> int:
+    data = service.list_reservations(include_all=args.all)
+    if args.json:
+        # The contract: a list of reservation objects, plus the pool's cores.
+        emit(args, {"cores": data["cores"], "reservations": data["reservations"]}, str)
+    else:
+        print(f"pool: {data['cores']} cores up")
+        print(table(data["reservations"], RES_COLUMNS))
+    return EXIT_OK
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    emit(args, service.list_instances(include_all=args.all), lambda rows: table(rows, INST_COLUMNS))
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    row = service.release(args.id)
+    emit(args, row, lambda i: f"instance {i['id']} {i['state']}: cores, RAM, disk and addresses released")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    emit(args, service.audit_log(limit=args.limit),
+         lambda rows: table(rows, ("id", "at", "actor", "object", "action", "after")))
+    return EXIT_OK
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    from .priority import parse_priority_inputs, platform_factor, priority
+
+    inputs = parse_priority_inputs(args.platform_value, args.register_as_slave, args.ram_mb, args.minutes, args.member)
+    data = {"pf": round(platform_factor(inputs), 6), "priority": round(priority(inputs, args.coefficient), 6),
+            "coefficient": args.coefficient}
+    emit(args, data, lambda d: f"PF = {d['pf']:.3f}   Pi = {d['priority']:.3f}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(json_output=args.json)
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    common.add_argument("--now", default=argparse.SUPPRESS, metavar="'YYYY-MM-DD HH:MM'",
+                        help="pretend the time is this (sets VCL_NOW)")
+    common.add_argument("--db", default=argparse.SUPPRESS, metavar="URL", help="database URL (sets VCL_DB_URL)")
+    return common
+
+
+def _request_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owner", required=True, help="the group that owns it (`vcl group add`)")
+    p.add_argument("--cores", required=True)
+    p.add_argument("--ram-mb", required=True, dest="ram_mb")
+    p.add_argument("--platform-value", required=True, dest="platform_value", help="PfV of the Para-scheduler")
+    p.add_argument("--register-as-slave", required=True, dest="register_as_slave", help="RAS: 0 or 1")
+    p.add_argument("--member", required=True, help="MON: 0 or 1")
+    p.add_argument("--image", help="image name (`vcl image add`)")
+    p.add_argument("--user", help="the requesting user (counts declined slave registrations)")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run", help="decide and show, write nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="vcl", description="VCL: the lab database and the Para-scheduler",
+                                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"vcl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, parent=sub):  # type: ignore[no-untyped-def]
+        p = parent.add_parser(name, help=help_, description=help_, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    dbp = sub.add_parser("db", help="create or upgrade the lab database").add_subparsers(dest="sub", required=True)
+    add("init", cmd_db_init, "create the database or migrate it to this version (keeps data)", dbp)
+    add("upgrade", cmd_db_init, "migrate the database to this version (keeps data)", dbp)
+    add("version", cmd_db_version, "show the schema version", dbp)
+
+    cfg = sub.add_parser("config", help="scheduling settings").add_subparsers(dest="sub", required=True)
+    add("show", cmd_config_show, "show the settings", cfg)
+    p = add("set", cmd_config_set, "change settings: KEY=VALUE ... (e.g. booking.max_hours=4)", cfg)
+    p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+
+    grp = sub.add_parser("group", help="owner groups").add_subparsers(dest="sub", required=True)
+    p = add("add", cmd_group_add, "add a group", grp)
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+    add("list", cmd_group_list, "list groups", grp)
+
+    slv = sub.add_parser("slave", help="the KVM hosts of the pool").add_subparsers(dest="sub", required=True)
+    p = add("add", cmd_slave_add, "register a slave with its capacity", slv)
+    p.add_argument("name")
+    p.add_argument("--address", required=True)
+    p.add_argument("--cores", required=True)
+    p.add_argument("--ram-mb", required=True, dest="ram_mb")
+    p.add_argument("--disk-gb", required=True, dest="disk_gb")
+    p.add_argument("--status", default="up", help="up, down or draining")
+    add("list", cmd_slave_list, "list slaves and their use", slv)
+    p = add("set-status", cmd_slave_status, "mark a slave up, down or draining", slv)
+    p.add_argument("name")
+    p.add_argument("status", help="up, down or draining")
+
+    img = sub.add_parser("image", help="VM images").add_subparsers(dest="sub", required=True)
+    p = add("add", cmd_image_add, "add an image from the image store", img)
+    p.add_argument("name")
+    p.add_argument("--disk-file", required=True, dest="disk_file")
+    p.add_argument("--kernel")
+    p.add_argument("--ramdisk")
+    p.add_argument("--cmdline")
+    p.add_argument("--description", default="")
+    p.add_argument("--cores", default=1)
+    p.add_argument("--ram-mb", default=512, dest="ram_mb")
+    p.add_argument("--disk-gb", default=2, dest="disk_gb")
+    add("list", cmd_image_list, "list images", img)
+
+    p = add("reserve", cmd_reserve, "book cores for a time window (advance reservation)")
+    _request_options(p)
+    p.add_argument("--start", required=True, help="'YYYY-MM-DD HH:MM', lab local time")
+    p.add_argument("--hours", required=True)
+
+    p = add("request", cmd_request, "a best-effort VM now: placement, or the preemption/wait answer")
+    _request_options(p)
+    p.add_argument("--hours", required=True, help="1..look-ahead limit (booking.lookahead_max_hours)")
+    p.add_argument("--disk-gb", dest="disk_gb", help="default: the image's")
+
+    p = add("reservations", cmd_reservations, "list reservations (accepted and active; --all for every one)")
+    p.add_argument("--all", action="store_true")
+    p = add("instances", cmd_instances, "list VMs (pending, running, suspended; --all for every one)")
+    p.add_argument("--all", action="store_true")
+    p = add("release", cmd_release, "end a VM and give back its cores, RAM, disk and addresses")
+    p.add_argument("id")
+    p = add("audit", cmd_audit, "the audit log, newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("priority", cmd_priority, "compute PF and Pi for request values")
+    p.add_argument("--platform-value", required=True, dest="platform_value")
+    p.add_argument("--register-as-slave", required=True, dest="register_as_slave")
+    p.add_argument("--ram-mb", required=True, dest="ram_mb")
+    p.add_argument("--minutes", required=True)
+    p.add_argument("--member", required=True)
+    p.add_argument("--coefficient", type=float, default=0.20)
+    add("demo", cmd_demo, "a scheduler demonstration on a fresh embedded database")
+
+    try:
+        from .lab import cli as lab_cli
+    except ImportError:  # pragma: no cover - the lab package is optional for the scheduler
+        lab_cli = None
+    if lab_cli is not None and hasattr(lab_cli, "add_parser"):
+        lab_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    if getattr(args, "now", None):
+        os.environ["VCL_NOW"] = args.now
+    if getattr(args, "db", None):
+        os.environ["VCL_DB_URL"] = args.db
+    try:
+        if os.environ.get("VCL_NOW"):
+            config.now()  # a bad VCL_NOW is an error before anything runs
+        return int(args.func(args))
+    except VclError as err:
+        print(f"vcl: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

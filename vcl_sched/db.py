@@ -1,0 +1,212 @@
+"""Connections and transactions for the lab database, on SQLite and PostgreSQL alike.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, and every transaction that
+reads and then writes starts with ``BEGIN IMMEDIATE``: it takes the write lock before it reads, so
+two controllers can never decide on the same stale state. Read-only transactions use a plain
+``BEGIN`` and see a consistent snapshot without blocking writers.
+
+PostgreSQL runs at READ COMMITTED; writers use compare-and-swap updates (``slaves.generation``),
+``UPDATE ... WHERE instance_id IS NULL`` for addresses, and ``SELECT ... FOR UPDATE`` on a row of
+``locks`` where a whole decision must be serialised (calendar admission).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from . import config
+from .errors import VclError
+from .models import LOCK_NAMES, Lock, Setting
+
+T = TypeVar("T")
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class RetryTransaction(Exception):
+    """Raised inside a write transaction when a compare-and-swap lost a race: run it again."""
+
+
+class DryRun(Exception):
+    """Raised inside a write transaction to roll it back and return ``result`` (``--dry-run``)."""
+
+    def __init__(self, result: object) -> None:
+        super().__init__("dry run")
+        self.result = result
+
+
+@cache
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would defer it).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # safe in WAL: a crash loses no committed state's integrity
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+            mode = "IMMEDIATE" if conn.get_execution_options().get("vcl_write") else "DEFERRED"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
+    raise VclError(f"VCL_DB_URL: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")
+
+
+def engine(url: str | None = None) -> Engine:
+    return _engine(url or config.db_url())
+
+
+def is_sqlite(eng: Engine) -> bool:
+    return eng.dialect.name == "sqlite"
+
+
+@contextmanager
+def read(url: str | None = None) -> Iterator[Session]:
+    """A read-only snapshot."""
+    with Session(engine(url), expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+@contextmanager
+def _write_once(url: str | None) -> Iterator[Session]:
+    eng = engine(url).execution_options(vcl_write=True)
+    with Session(eng, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def write(fn: Callable[[Session], T], url: str | None = None, attempts: int = 50) -> T:
+    """Run ``fn`` in one write transaction; retry it whole when a compare-and-swap lost a race
+    (``RetryTransaction``), a unique constraint was hit by a concurrent writer, or the database
+    reported a serialisation failure / deadlock. ``fn`` must not have side effects outside the DB."""
+    delay = 0.001
+    for attempt in range(attempts):
+        try:
+            with _write_once(url) as session:
+                return fn(session)
+        except DryRun as dry:
+            return dry.result  # type: ignore[return-value]
+        except RetryTransaction:
+            pass
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+        except OperationalError as err:
+            if not _transient(err) or attempt == attempts - 1:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    raise VclError(f"the database stayed busy: gave up after {attempts} attempts")
+
+
+def _transient(err: DBAPIError) -> bool:
+    msg = str(err.orig).lower()
+    return any(s in msg for s in ("database is locked", "deadlock", "could not serialize", "busy"))
+
+
+def lock(session: Session, name: str) -> None:
+    """Serialise a decision on PostgreSQL (row lock until commit). SQLite: already serialised."""
+    assert name in LOCK_NAMES
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Lock.name).where(Lock.name == name).with_for_update())
+
+
+def load_settings(session: Session) -> config.Settings:
+    rows = session.execute(select(Setting.key, Setting.value)).all()
+    data = {key: json.loads(value) for key, value in rows}
+    return config.settings_from_json(data)
+
+
+def save_settings(session: Session, settings: config.Settings) -> None:
+    for key, value in settings.to_json().items():
+        row = session.get(Setting, key)
+        encoded = json.dumps(value, sort_keys=True)
+        if row is None:
+            session.add(Setting(key=key, value=encoded))
+        elif row.value != encoded:
+            row.value = encoded
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+def _alembic_config(url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["vcl_url"] = url
+    return cfg
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    """Create or migrate the schema to ``revision`` (idempotent); keeps existing data."""
+    from alembic import command
+
+    url = url or config.db_url()
+    command.upgrade(_alembic_config(url), revision)
+    with Session(engine(url)) as session, session.begin():
+        for name in LOCK_NAMES:
+            if session.get(Lock, name) is None:
+                session.add(Lock(name=name))
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(_alembic_config(url), revision)
+
+
+def current_revision(url: str | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("")).get_current_head()
+    assert head is not None
+    return head
+
+
+def require_schema(url: str | None = None) -> None:
+    """Fail clearly when the database was never initialised or needs an upgrade."""
+    try:
+        current = current_revision(url)
+    except OperationalError as err:
+        where = config.db_url() if url is None else url
+        raise VclError(f"cannot open the lab database ({where}): {err.orig}") from None
+    if current is None:
+        raise VclError("the lab database is not initialised: run `vcl db init`")
+    if current != head_revision():
+        raise VclError(f"the lab database is at schema {current}, this vcl needs {head_revision()}:"
+                       " run `vcl db upgrade`")
+
+
+def ping(url: str | None = None) -> None:
+    with engine(url).connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -1,0 +1,232 @@
+"""The lab database (SPEC §2) as SQLAlchemy 2 models.
+
+The schema is owned by Alembic migrations in ``vcl_sched/migrations``; these models are what the
+migrations must produce (a test compares them). Allocation safety does not rest on application
+code alone: uniqueness of MACs and addresses is enforced by constraints, and every capacity claim
+is a compare-and-swap on ``slaves.generation``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Names of constraints are fixed so that migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+Base.metadata.naming_convention = NAMING
+
+
+class SlaveStatus(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+    DRAINING = "draining"
+
+
+class InstanceState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+class InstanceKind(enum.StrEnum):
+    BE = "BE"  # best effort: may be suspended for a reservation or a higher-priority request
+    AR = "AR"  # advance reservation
+
+
+class ReservationState(enum.StrEnum):
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    ACTIVE = "active"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as plain strings with a CHECK constraint: portable, and readable in a SQL shell.
+    return Enum(cls, name=name, native_enum=False, values_callable=lambda e: [m.value for m in e],
+                validate_strings=True, length=16)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # How many requests this user made without registering the client as a slave (SPEC §3.4).
+    declines: Mapped[int] = mapped_column(Integer, default=0)
+    registered_slave: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Slave(Base):
+    __tablename__ = "slaves"
+    __table_args__ = (
+        CheckConstraint("cores_used >= 0 AND cores_used <= cores_total", name="cores"),
+        CheckConstraint("ram_mb_used >= 0 AND ram_mb_used <= ram_mb_total", name="ram"),
+        CheckConstraint("disk_gb_used >= 0 AND disk_gb_used <= disk_gb_total", name="disk"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(45), unique=True)
+    cores_total: Mapped[int] = mapped_column(Integer)
+    cores_used: Mapped[int] = mapped_column(Integer, default=0)
+    ram_mb_total: Mapped[int] = mapped_column(Integer)
+    ram_mb_used: Mapped[int] = mapped_column(Integer, default=0)
+    disk_gb_total: Mapped[int] = mapped_column(Integer)
+    disk_gb_used: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[SlaveStatus] = mapped_column(_enum(SlaveStatus, "slave_status"), default=SlaveStatus.UP)
+    # Bumped by every claim and release: a claim is `UPDATE ... WHERE generation = N` (compare-and-swap).
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    joined_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    disk_file: Mapped[str] = mapped_column(Text)
+    kernel: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ramdisk: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cmdline: Mapped[str | None] = mapped_column(Text, nullable=True)
+    default_cores: Mapped[int] = mapped_column(Integer, default=1)
+    default_ram_mb: Mapped[int] = mapped_column(Integer, default=512)
+    default_disk_gb: Mapped[int] = mapped_column(Integer, default=2)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Reservation(Base):
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_state_start", "state", "start"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)
+    cores: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    requested_start: Mapped[datetime] = mapped_column(DateTime)
+    start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    end: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    hours: Mapped[float] = mapped_column(Float)
+    platform_value: Mapped[float] = mapped_column(Float)
+    register_as_slave: Mapped[int] = mapped_column(Integer)
+    member: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[float] = mapped_column(Float)
+    rescheduled: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[ReservationState] = mapped_column(_enum(ReservationState, "reservation_state"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_state", "state"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)
+    slave_id: Mapped[int | None] = mapped_column(ForeignKey("slaves.id"), nullable=True)
+    reservation_id: Mapped[int | None] = mapped_column(ForeignKey("reservations.id"), nullable=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    cores: Mapped[int] = mapped_column(Integer)
+    ram_mb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    private_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    public_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    console_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[InstanceState] = mapped_column(_enum(InstanceState, "instance_state"))
+    kind: Mapped[InstanceKind] = mapped_column(_enum(InstanceKind, "instance_kind"))
+    priority: Mapped[float] = mapped_column(Float)
+    register_as_slave: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AddressPair(Base):
+    """One (public IP, private IP) pair from the configured pools; taken by at most one instance.
+
+    Allocation is `UPDATE ... SET instance_id = :i WHERE id = :id AND instance_id IS NULL`; the unique
+    constraints on instance_id and mac make a double allocation impossible even if code were wrong.
+    """
+
+    __tablename__ = "address_pairs"
+    __table_args__ = (Index("ix_address_pairs_free", "instance_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    private_ip: Mapped[str] = mapped_column(String(45), unique=True)
+    public_ip: Mapped[str] = mapped_column(String(45), unique=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True, unique=True)
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True, unique=True)
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # JSON
+
+
+class Lock(Base):
+    """Named rows that PostgreSQL transactions lock `FOR UPDATE` to serialise a whole decision
+    (calendar admission, address pool rewrite). SQLite gets the same from `BEGIN IMMEDIATE`."""
+
+    __tablename__ = "locks"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_object", "object_type", "object_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON of the changed fields
+    after: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+LOCK_NAMES = ("calendar", "addresses")

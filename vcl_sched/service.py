@@ -1,0 +1,735 @@
+"""What the `vcl` command and the playbooks' modules call: every read and write of the lab database.
+
+The decisions are the pure functions of ``priority``, ``placement``, ``calendar`` and ``preempt``;
+this module feeds them from the database and writes their outcome in one transaction
+(``db.write``). Claims of cores, RAM, disk and addresses are compare-and-swap updates: a lost race
+raises ``RetryTransaction`` and the whole transaction runs again on fresh state.
+
+Every function validates all of its input before it opens a write transaction, so bad input
+changes nothing. Results are plain dicts (the CLI prints them as tables or JSON).
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from . import calendar, config, db, placement, preempt
+from .errors import CapacityError, ConflictError, NotFoundError, ValidationError
+from .models import (
+    AddressPair,
+    AuditLog,
+    Group,
+    Image,
+    Instance,
+    InstanceKind,
+    InstanceState,
+    Membership,
+    Reservation,
+    ReservationState,
+    Slave,
+    SlaveStatus,
+    User,
+)
+from .priority import parse_priority_inputs, priority
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
+HOLDS_CAPACITY = (InstanceState.PENDING, InstanceState.RUNNING)  # suspended VMs hold only disk
+# Single-weigher policies in SQL: ORDER BY the policy's sort key, filters in WHERE. Equal to
+# placement.place() for these policies (tests/unit/test_service_placement.py checks it).
+SQL_ORDER = {
+    "spread": (Slave.cores_used, Slave.id),
+    "pack": (Slave.cores_total - Slave.cores_used, Slave.id),
+}
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+def actor() -> str:
+    return os.environ.get("VCL_ACTOR") or getpass.getuser()
+
+
+def check_name(field: str, value: Any) -> str:
+    text = str(value).strip() if value is not None else ""
+    if not NAME_RE.match(text):
+        raise ValidationError(field, f"{value!r} must be 1-63 letters, digits, '.', '_' or '-' (starting alnum)")
+    return text
+
+
+def whole(field: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise ValidationError(field, f"{value!r} is not a whole number")
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
+    except ValueError:
+        raise ValidationError(field, f"{value!r} is not a whole number") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValidationError(field, f"{value!r} is not a whole number")
+    if number < low or (high is not None and number > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValidationError(field, f"{int(number)} must be {bound}")
+    return int(number)
+
+
+def positive(field: str, value: Any) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
+    except ValueError:
+        raise ValidationError(field, f"{value!r} is not a number") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ValidationError(field, f"{value!r} must be a number > 0")
+    return number
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat(sep=" ", timespec="minutes") if value is not None else None
+
+
+def audit(session: Session, obj_type: str, obj_id: int, action: str, before: dict | None, after: dict | None,
+          at: datetime | None = None) -> None:
+    session.execute(insert(AuditLog).values(
+        at=at or config.now(), actor=actor(), object_type=obj_type, object_id=obj_id, action=action,
+        before=json.dumps(before, default=str, sort_keys=True) if before is not None else None,
+        after=json.dumps(after, default=str, sort_keys=True) if after is not None else None))
+
+
+def _group(session: Session, name: str, field: str = "owner") -> Group:
+    group = session.scalar(select(Group).where(Group.name == name))
+    if group is None:
+        raise ValidationError(field, f"no group named {name!r} (add it with `vcl group add {name}`)")
+    return group
+
+
+def _user(session: Session, name: str | None, group: Group | None = None) -> User | None:
+    if name is None:
+        return None
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        user = User(name=name, declines=0, registered_slave=0, created_at=config.now())
+        session.add(user)
+        session.flush()
+        audit(session, "user", user.id, "create", None, {"name": name})
+    if group is not None and session.get(Membership, (user.id, group.id)) is None:
+        session.add(Membership(user_id=user.id, group_id=group.id))
+    return user
+
+
+def _image(session: Session, name: str | None) -> Image | None:
+    if name is None:
+        return None
+    image = session.scalar(select(Image).where(Image.name == name))
+    if image is None:
+        raise ValidationError("image", f"no image named {name!r} (add it with `vcl image add`)")
+    return image
+
+
+# --- database and settings ------------------------------------------------------------------------
+
+def init(url: str | None = None) -> dict[str, Any]:
+    db.upgrade(url)
+
+    def seed(session: Session) -> config.Settings:
+        settings = db.load_settings(session)
+        db.save_settings(session, settings)  # write defaults for keys never set
+        return settings
+
+    settings = db.write(seed, url)
+    return {"url": _safe_url(url or config.db_url()), "schema": db.current_revision(url),
+            "settings": settings.to_json()}
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def get_settings(url: str | None = None) -> config.Settings:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return db.load_settings(session)
+
+
+def configure(updates: dict[str, str], url: str | None = None) -> dict[str, Any]:
+    """Change settings (``booking.max_hours=4``, ``private_pool=10.0.1.16-10.0.1.254`` ...).
+
+    Changing the pools rewrites the free (public, private) pairs; pairs held by instances stay,
+    and a change that would drop a held pair is refused."""
+    db.require_schema(url)
+    for key in updates:
+        if key not in config.SETTING_KEYS:
+            raise ValidationError(key, f"unknown setting (known: {', '.join(sorted(config.SETTING_KEYS))})")
+
+    def apply(session: Session) -> dict[str, Any]:
+        db.lock(session, "addresses")
+        current = db.load_settings(session)
+        data = current.to_json()
+        for key, value in updates.items():
+            if key.startswith("booking."):
+                data["booking"][key.split(".", 1)[1]] = value
+            else:
+                data[key] = value
+        new = config.settings_from_json(data)
+        if (new.private_pool, new.public_pool) != (current.private_pool, current.public_pool):
+            _rewrite_pairs(session, new)
+        db.save_settings(session, new)
+        audit(session, "settings", 0, "update", current.to_json(), new.to_json())
+        return new.to_json()
+
+    return db.write(apply, url)
+
+
+def _rewrite_pairs(session: Session, settings: config.Settings) -> None:
+    private = config.parse_pool(settings.private_pool, "private_pool") if settings.private_pool else []
+    public = config.parse_pool(settings.public_pool, "public_pool") if settings.public_pool else []
+    wanted = list(zip(private, public, strict=False))  # pairs in order; the shorter pool sets the count
+    wanted_set = set(wanted)
+    held = session.execute(select(AddressPair.private_ip, AddressPair.public_ip, AddressPair.instance_id)
+                           .where(AddressPair.instance_id.is_not(None))).all()
+    for priv, pub, inst in held:
+        if (priv, pub) not in wanted_set:
+            raise ConflictError(f"private_pool/public_pool: the pair {pub} → {priv} is held by instance {inst};"
+                                " stop it before removing its addresses from the pools")
+    session.execute(AddressPair.__table__.delete().where(AddressPair.instance_id.is_(None)))
+    held_set = {(p, q) for p, q, _ in held}
+    rows = [{"private_ip": p, "public_ip": q} for p, q in wanted if (p, q) not in held_set]
+    if rows:
+        session.execute(insert(AddressPair), rows)
+
+
+# --- groups, users, images ----------------------------------------------------------------------
+
+def add_group(name: str, description: str = "", url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        if session.scalar(select(Group.id).where(Group.name == name)) is not None:
+            raise ConflictError(f"name: a group named {name!r} exists already")
+        group = Group(name=name, description=description, created_at=config.now())
+        session.add(group)
+        session.flush()
+        audit(session, "group", group.id, "create", None, {"name": name})
+        return {"id": group.id, "name": name, "description": description}
+
+    return db.write(apply, url)
+
+
+def list_groups(url: str | None = None) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return [{"id": g.id, "name": g.name, "description": g.description}
+                for g in session.scalars(select(Group).order_by(Group.name))]
+
+
+def add_image(name: str, disk_file: str, *, description: str = "", kernel: str | None = None,
+              ramdisk: str | None = None, cmdline: str | None = None, cores: Any = 1, ram_mb: Any = 512,
+              disk_gb: Any = 2, url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    if not disk_file or not str(disk_file).startswith("/"):
+        raise ValidationError("disk_file", f"{disk_file!r} must be an absolute path in the image store")
+    for field, value in (("kernel", kernel), ("ramdisk", ramdisk)):
+        if value is not None and not str(value).startswith("/"):
+            raise ValidationError(field, f"{value!r} must be an absolute path")
+    values = {"default_cores": whole("cores", cores), "default_ram_mb": whole("ram_mb", ram_mb, 16),
+              "default_disk_gb": whole("disk_gb", disk_gb, 0)}
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        if session.scalar(select(Image.id).where(Image.name == name)) is not None:
+            raise ConflictError(f"name: an image named {name!r} exists already")
+        image = Image(name=name, description=description, disk_file=disk_file, kernel=kernel, ramdisk=ramdisk,
+                      cmdline=cmdline, created_at=config.now(), **values)
+        session.add(image)
+        session.flush()
+        row = _image_row(image)
+        audit(session, "image", image.id, "create", None, row)
+        return row
+
+    return db.write(apply, url)
+
+
+def _image_row(i: Image) -> dict[str, Any]:
+    return {"id": i.id, "name": i.name, "description": i.description, "disk_file": i.disk_file, "kernel": i.kernel,
+            "ramdisk": i.ramdisk, "cmdline": i.cmdline, "cores": i.default_cores, "ram_mb": i.default_ram_mb,
+            "disk_gb": i.default_disk_gb}
+
+
+def list_images(url: str | None = None) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return [_image_row(i) for i in session.scalars(select(Image).order_by(Image.name))]
+
+
+# --- slaves -------------------------------------------------------------------------------------
+
+def _slave_row(s: Slave) -> dict[str, Any]:
+    return {"id": s.id, "name": s.name, "address": s.address, "status": str(s.status),
+            "cores_total": s.cores_total, "cores_used": s.cores_used, "cores_free": s.cores_total - s.cores_used,
+            "ram_mb_total": s.ram_mb_total, "ram_mb_used": s.ram_mb_used, "ram_mb_free": s.ram_mb_total - s.ram_mb_used,
+            "disk_gb_total": s.disk_gb_total, "disk_gb_used": s.disk_gb_used,
+            "disk_gb_free": s.disk_gb_total - s.disk_gb_used, "generation": s.generation, "joined_at": iso(s.joined_at)}
+
+
+def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, status: str = "up",
+              url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    try:
+        address = str(ipaddress.ip_address(str(address).strip()))
+    except ValueError:
+        raise ValidationError("address", f"{address!r} is not an IP address") from None
+    capacity = {"cores_total": whole("cores", cores), "ram_mb_total": whole("ram_mb", ram_mb),
+                "disk_gb_total": whole("disk_gb", disk_gb)}
+    state = _slave_status(status)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        for column, value, what in ((Slave.name, name, "name"), (Slave.address, address, "address")):
+            other = session.scalar(select(Slave.name).where(column == value))
+            if other is not None:
+                raise ConflictError(f"{what}: slave {other!r} already has {what} {value}")
+        now = config.now()
+        slave = Slave(name=name, address=address, status=state, generation=0, joined_at=now, updated_at=now,
+                      cores_used=0, ram_mb_used=0, disk_gb_used=0, **capacity)
+        session.add(slave)
+        session.flush()
+        row = _slave_row(slave)
+        audit(session, "slave", slave.id, "create", None, row)
+        return row
+
+    return db.write(apply, url)
+
+
+def _slave_status(value: str) -> SlaveStatus:
+    try:
+        return SlaveStatus(str(value).strip().lower())
+    except ValueError:
+        raise ValidationError("status", f"{value!r}: choose one of up, down, draining") from None
+
+
+def set_slave_status(name: str, status: str, url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    state = _slave_status(status)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        slave = session.scalar(select(Slave).where(Slave.name == name))
+        if slave is None:
+            raise NotFoundError(f"name: no slave named {name!r}")
+        before = str(slave.status)
+        if before != state:
+            slave.status = state
+            slave.generation += 1
+            slave.updated_at = config.now()
+            audit(session, "slave", slave.id, "status", {"status": before}, {"status": str(state)})
+        return _slave_row(slave)
+
+    return db.write(apply, url)
+
+
+def list_slaves(url: str | None = None) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return [_slave_row(s) for s in session.scalars(select(Slave).order_by(Slave.name))]
+
+
+def slave_states(session: Session) -> list[placement.SlaveState]:
+    rows = session.execute(select(Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total, Slave.disk_gb_total,
+                                  Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, Slave.status,
+                                  Slave.generation).order_by(Slave.id)).all()
+    return [placement.SlaveState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], str(r[8]), r[9]) for r in rows]
+
+
+# --- placement in SQL and claims ------------------------------------------------------------------
+
+def _fits(demand: placement.Demand):  # type: ignore[no-untyped-def]
+    return and_(Slave.status == SlaveStatus.UP, Slave.cores_total - Slave.cores_used >= demand.cores,
+                Slave.ram_mb_total - Slave.ram_mb_used >= demand.ram_mb,
+                Slave.disk_gb_total - Slave.disk_gb_used >= demand.disk_gb)
+
+
+def filter_counts(session: Session, demand: placement.Demand) -> tuple[tuple[str, int], ...]:
+    """The filter cascade's counts (as placement.run_filters reports them), in one aggregate query."""
+    up = Slave.status == SlaveStatus.UP
+    cores = and_(up, Slave.cores_total - Slave.cores_used >= demand.cores)
+    ram = and_(cores, Slave.ram_mb_total - Slave.ram_mb_used >= demand.ram_mb)
+    disk = and_(ram, Slave.disk_gb_total - Slave.disk_gb_used >= demand.disk_gb)
+    row = session.execute(select(func.count(), *(func.coalesce(func.sum(case((c, 1), else_=0)), 0)
+                                                for c in (up, cores, ram, disk)))).one()
+    counts = [("all", row[0])]
+    for (name, _), n in zip(placement.FILTERS, row[1:], strict=True):
+        counts.append((name, int(n)))
+        if not n:
+            break
+    return tuple(counts)
+
+
+def choose_slave(session: Session, demand: placement.Demand, policy: str) -> placement.Placement:
+    """Place with the database doing filter + weigh; fall back to the Python pipeline to explain a miss."""
+    counts = filter_counts(session, demand)
+    order = SQL_ORDER.get(policy)
+    if order is not None:
+        query = select(Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total, Slave.disk_gb_total,
+                       Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, Slave.status, Slave.generation)
+        row = session.execute(query.where(_fits(demand)).order_by(*order).limit(1)).first()
+        if row is not None:
+            slave = placement.SlaveState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+                                         str(row[8]), row[9])
+            return placement.Placement(slave, policy, counts)
+        if counts[-1][1]:  # pragma: no cover - SQL and Python filters disagree: a bug, say so loudly
+            raise AssertionError("SQL placement found no slave although the filter counts say one fits")
+    return placement.place(slave_states(session), demand, policy)
+
+
+def claim_slave(session: Session, slave: placement.SlaveState, demand: placement.Demand) -> None:
+    """Compare-and-swap claim (Placement's generation check); a lost race retries the transaction."""
+    result = session.execute(
+        update(Slave)
+        .where(Slave.id == slave.id, Slave.generation == slave.generation)
+        .values(cores_used=Slave.cores_used + demand.cores, ram_mb_used=Slave.ram_mb_used + demand.ram_mb,
+                disk_gb_used=Slave.disk_gb_used + demand.disk_gb, generation=Slave.generation + 1,
+                updated_at=config.now()))
+    if result.rowcount != 1:
+        raise db.RetryTransaction
+
+
+def release_slave(session: Session, slave_id: int, cores: int, ram_mb: int, disk_gb: int) -> None:
+    session.execute(update(Slave).where(Slave.id == slave_id).values(
+        cores_used=Slave.cores_used - cores, ram_mb_used=Slave.ram_mb_used - ram_mb,
+        disk_gb_used=Slave.disk_gb_used - disk_gb, generation=Slave.generation + 1, updated_at=config.now()))
+
+
+def new_mac(prefix: str) -> str:
+    tail = secrets.token_bytes(3)
+    return prefix + "".join(f":{b:02x}" for b in tail)
+
+
+def allocate_addresses(session: Session, instance_id: int, mac_prefix: str) -> tuple[str, str, str]:
+    """Take the lowest free (public, private) pair and a fresh MAC for an instance."""
+    query = select(AddressPair.id, AddressPair.private_ip, AddressPair.public_ip).where(
+        AddressPair.instance_id.is_(None)).order_by(AddressPair.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    row = session.execute(query).first()
+    if row is None:
+        total = session.scalar(select(func.count()).select_from(AddressPair))
+        raise CapacityError(f"addresses: all {total} (public, private) address pairs are in use"
+                             " (widen private_pool/public_pool with `vcl config set`)")
+    pair_id, private_ip, public_ip = row
+    mac = new_mac(mac_prefix)
+    result = session.execute(update(AddressPair).where(AddressPair.id == pair_id, AddressPair.instance_id.is_(None))
+                             .values(instance_id=instance_id, mac=mac))
+    if result.rowcount != 1:
+        raise db.RetryTransaction
+    return mac, private_ip, public_ip
+
+
+def release_addresses(session: Session, instance_id: int) -> None:
+    session.execute(update(AddressPair).where(AddressPair.instance_id == instance_id)
+                    .values(instance_id=None, mac=None))
+
+
+# --- requests: reservations (AR) and best-effort (BE) ----------------------------------------------
+
+def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minutes: Any, member: Any,
+                 coefficient: float) -> tuple[float, Any]:
+    inputs = parse_priority_inputs(platform_value, register_as_slave, ram_mb, minutes, member)
+    return priority(inputs, coefficient), inputs
+
+
+def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.Booking]:
+    day_start = datetime.combine(day.date(), datetime.min.time())
+    rows = session.execute(
+        select(Reservation.id, Reservation.cores, Reservation.start, Reservation.end, Reservation.priority,
+               Reservation.register_as_slave, Reservation.state)
+        .where(Reservation.state.in_(ACTIVE_BOOKINGS), Reservation.end > day_start,
+               Reservation.start < day_start + timedelta(days=1))).all()
+    return [calendar.Booking(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0],
+                             fixed=r[6] == ReservationState.ACTIVE or r[2] <= now) for r in rows]
+
+
+def _capacity(session: Session) -> int:
+    return int(session.scalar(select(func.coalesce(func.sum(Slave.cores_total), 0))
+                              .where(Slave.status == SlaveStatus.UP)) or 0)
+
+
+def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {"id": r.id, "owner": owner, "cores": r.cores, "ram_mb": r.ram_mb, "priority": round(r.priority, 6),
+            "state": str(r.state), "requested_start": iso(r.requested_start), "start": iso(r.start),
+            "end": iso(r.end), "hours": r.hours, "rescheduled": r.rescheduled, "reason": r.reason,
+            "moved": list(moves)}
+
+
+def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, platform_value: Any,
+            register_as_slave: Any, member: Any, image: str | None = None, user: str | None = None,
+            dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
+    """An advance reservation (SPEC §4): accepted (maybe moved later, maybe moving lower-priority
+    bookings later) or refused with the reason. Invalid input raises ValidationError."""
+    owner = check_name("owner", owner)
+    cores_n = whole("cores", cores)
+    ram_n = whole("ram_mb", ram_mb)
+    start_dt = start if isinstance(start, datetime) else config.parse_datetime(str(start), "start")
+    hours_f = positive("hours", hours)
+    user_name = check_name("user", user) if user is not None else None
+    settings = get_settings(url)
+    now = config.now()
+    pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_f * 60, member,
+                              settings.priority_coefficient)
+    calendar.check_request_policy(start_dt, hours_f, now, settings.booking)
+    end_dt = start_dt + timedelta(hours=hours_f)
+
+    def apply(session: Session) -> dict[str, Any]:
+        db.lock(session, "calendar")
+        group = _group(session, owner)
+        img = _image(session, image)
+        usr = _user(session, user_name, group)
+        existing = _bookings(session, start_dt, now)
+        res = Reservation(group_id=group.id, user_id=usr.id if usr else None, image_id=img.id if img else None,
+                          cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
+                          hours=hours_f, platform_value=inputs.platform_value,
+                          register_as_slave=inputs.register_as_slave, member=inputs.member, priority=pi,
+                          rescheduled=0, state=ReservationState.REFUSED, reason="", created_at=now)
+        session.add(res)
+        session.flush()  # the id is the booking's first-come-first-served sequence number
+        new = calendar.Booking(res.id, cores_n, start_dt, end_dt, pi, inputs.register_as_slave, seq=res.id)
+        capacity = _capacity(session)
+        if capacity == 0:
+            admission = calendar.Admission(False, None, None, (), "the pool has no slave up")
+        else:
+            admission = calendar.admit(new, existing, capacity, now, settings.booking)
+        step = settings.booking.move_step
+        if admission.accepted:
+            res.state = ReservationState.ACCEPTED
+            res.start, res.end = admission.start, admission.end
+            assert admission.start is not None
+            res.rescheduled = round((admission.start - start_dt) / step)
+        res.reason = admission.reason
+        moves = []
+        for move in admission.moves:
+            other = session.get(Reservation, move.id)
+            assert other is not None
+            before = {"start": iso(other.start), "end": iso(other.end)}
+            other.rescheduled += round((move.new_start - move.old_start) / step)
+            other.start, other.end, other.reason = move.new_start, move.new_end, move.reason
+            moves.append({"id": other.id, "from": before["start"], "to": iso(move.new_start), "reason": move.reason})
+            after = {"start": iso(other.start), "end": iso(other.end)}
+            audit(session, "reservation", other.id, "moved", before, after, now)
+        row = _reservation_row(res, owner, moves)
+        row["dry_run"] = dry_run
+        audit(session, "reservation", res.id, str(res.state), None, row, now)
+        if dry_run:
+            raise db.DryRun({**row, "id": None})
+        return row
+
+    return db.write(apply, url)
+
+
+def list_reservations(url: str | None = None, include_all: bool = False) -> dict[str, Any]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        query = select(Reservation, Group.name).join(Group, Group.id == Reservation.group_id)
+        if not include_all:
+            query = query.where(Reservation.state.in_(ACTIVE_BOOKINGS))
+        rows = [_reservation_row(r, g) for r, g in session.execute(query.order_by(Reservation.start, Reservation.id))]
+        return {"cores": _capacity(session), "reservations": rows}
+
+
+def _instance_row(i: Instance, slave: str | None = None, owner: str | None = None) -> dict[str, Any]:
+    return {"id": i.id, "owner": owner, "slave": slave, "kind": str(i.kind), "state": str(i.state),
+            "priority": round(i.priority, 6), "cores": i.cores, "ram_mb": i.ram_mb, "disk_gb": i.disk_gb,
+            "mac": i.mac, "private_ip": i.private_ip, "public_ip": i.public_ip, "console_port": i.console_port,
+            "started_at": iso(i.started_at), "ends_at": iso(i.ends_at), "reservation_id": i.reservation_id}
+
+
+def _running_be(session: Session) -> list[preempt.RunningVM]:
+    rows = session.execute(select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
+                                  Instance.register_as_slave, Instance.kind)
+                           .where(Instance.state.in_(HOLDS_CAPACITY), Instance.slave_id.is_not(None))).all()
+    return [preempt.RunningVM(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0], kind=str(r[6])) for r in rows]
+
+
+def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: Any, register_as_slave: Any,
+            member: Any, disk_gb: Any = None, image: str | None = None, user: str | None = None,
+            dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
+    """A best-effort VM now (SPEC §3, §4): placed and claimed (cores, RAM, disk, MAC, address pair,
+    in one transaction), or the preemption plan (which lower-priority BE VMs to suspend), or wait.
+
+    The hours granted are capped by the look-ahead: a BE VM may run only until its cores are
+    needed by a reservation (at most ``booking.lookahead_max_hours``)."""
+    owner = check_name("owner", owner)
+    cores_n = whole("cores", cores)
+    ram_n = whole("ram_mb", ram_mb)
+    settings = get_settings(url)
+    hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
+    user_name = check_name("user", user) if user is not None else None
+    now = config.now()
+    pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_n * 60, member,
+                              settings.priority_coefficient)
+
+    def apply(session: Session) -> dict[str, Any]:
+        group = _group(session, owner)
+        img = _image(session, image)
+        disk_n = whole("disk_gb", disk_gb, 0) if disk_gb is not None else (img.default_disk_gb if img else 0)
+        demand = placement.Demand(cores_n, ram_n, disk_n)
+        usr = _user(session, user_name, group)
+        answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
+                                  "ram_mb": ram_n, "disk_gb": disk_n, "hours_requested": hours_n, "dry_run": dry_run}
+        # SPEC §3.4: a client may decline to register as a slave `decline_limit` times.
+        if usr is not None and not inputs.register_as_slave:
+            if usr.declines >= settings.decline_limit:
+                answer.update(id=None, state="refused", decision="refused",
+                              reason=f"user {usr.name} declined to register as a slave {usr.declines} times"
+                                     f" (limit {settings.decline_limit}): register (register_as_slave=1) to be served")
+                raise db.DryRun(answer)  # a refusal writes nothing
+            usr.declines += 1
+        elif usr is not None:
+            usr.registered_slave = 1
+
+        db.lock(session, "calendar")  # the look-ahead reads the calendar
+        capacity = _capacity(session)
+        bookings = _bookings(session, now, now) + _bookings(session, now + timedelta(days=1), now)
+        # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores
+        # now, but placement and preemption deal with them, and a starting reservation suspends BE VMs.
+        unique = {b.id: b for b in bookings}
+        granted = calendar.best_effort_hours(cores_n, now, list(unique.values()), capacity, [], settings.booking)
+        hours_granted = min(hours_n, granted)
+        answer["hours_granted"] = hours_granted
+        if hours_granted == 0:
+            answer.update(id=None, state="waiting", decision="wait",
+                          reason=f"{cores_n} cores are not free of reservations for even 1 hour from {iso(now)}")
+            return _record_waiting(session, answer, group, usr, img, demand, pi, inputs, now, dry_run)
+
+        chosen = choose_slave(session, demand, settings.placement_policy)
+        answer["explain"] = chosen.explain()
+        if chosen.slave is None:
+            plan = preempt.plan(slave_states(session), demand, pi, _running_be(session), settings.placement_policy)
+            answer.update(decision="suspend" if plan.action == "suspend" else "wait", reason=plan.reason,
+                          slave=plan.slave.name if plan.slave else None, suspend=[v.id for v in plan.victims])
+            answer["state"] = "waiting"
+            return _record_waiting(session, answer, group, usr, img, demand, pi, inputs, now, dry_run)
+
+        slave = chosen.slave
+        claim_slave(session, slave, demand)
+        ends = now + timedelta(hours=hours_granted)
+        inst_id = session.execute(insert(Instance).values(
+            image_id=img.id if img else None, slave_id=slave.id, group_id=group.id, user_id=usr.id if usr else None,
+            cores=cores_n, ram_mb=ram_n, disk_gb=disk_n, state=InstanceState.PENDING, kind=InstanceKind.BE,
+            priority=pi, register_as_slave=inputs.register_as_slave, started_at=None, ends_at=ends,
+            created_at=now, updated_at=now).returning(Instance.id)).scalar_one()
+        mac, private_ip, public_ip = allocate_addresses(session, inst_id, settings.mac_prefix)
+        session.execute(update(Instance).where(Instance.id == inst_id)
+                        .values(mac=mac, private_ip=private_ip, public_ip=public_ip))
+        answer.update(id=inst_id, state="pending", decision="place", slave=slave.name, mac=mac,
+                      private_ip=private_ip, public_ip=public_ip, ends_at=iso(ends),
+                      reason="" if hours_granted == hours_n else
+                      f"granted {hours_granted} of {hours_n} hours: the cores are reserved after that")
+        audit(session, "instance", inst_id, "claim", None, {k: answer[k] for k in (
+            "slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip", "ends_at")}, now)
+        if dry_run:
+            raise db.DryRun({**answer, "id": None, "mac": None, "private_ip": None, "public_ip": None})
+        return answer
+
+    return db.write(apply, url)
+
+
+def _record_waiting(session: Session, answer: dict[str, Any], group: Group, usr: User | None, img: Image | None,
+                    demand: placement.Demand, pi: float, inputs: Any, now: datetime, dry_run: bool) -> dict[str, Any]:
+    """Keep a request that cannot run now in the queue (pending, no slave) for the dispatcher."""
+    if dry_run:
+        raise db.DryRun(answer)
+    inst = Instance(image_id=img.id if img else None, slave_id=None, group_id=group.id,
+                    user_id=usr.id if usr else None, cores=demand.cores, ram_mb=demand.ram_mb, disk_gb=demand.disk_gb,
+                    state=InstanceState.PENDING, kind=InstanceKind.BE, priority=pi,
+                    register_as_slave=inputs.register_as_slave, created_at=now, updated_at=now)
+    session.add(inst)
+    session.flush()
+    answer["id"] = inst.id
+    audit(session, "instance", inst.id, "queued", None, {"decision": answer["decision"], "reason": answer["reason"]},
+          now)
+    return answer
+
+
+def release(instance_id: Any, state: str = "stopped", url: str | None = None) -> dict[str, Any]:
+    """End an instance: its cores, RAM, disk and addresses go back to the pool."""
+    iid = whole("id", instance_id)
+    final = InstanceState(state)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        inst = session.get(Instance, iid)
+        if inst is None:
+            raise NotFoundError(f"id: no instance {iid}")
+        if inst.state in (InstanceState.STOPPED, InstanceState.FAILED, InstanceState.LOST):
+            raise ConflictError(f"id: instance {iid} is already {inst.state}")
+        before = str(inst.state)
+        if inst.slave_id is not None:
+            holds = inst.state in HOLDS_CAPACITY
+            release_slave(session, inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0,
+                          inst.disk_gb)
+        release_addresses(session, inst.id)
+        inst.state = final
+        inst.updated_at = config.now()
+        audit(session, "instance", inst.id, "release", {"state": before}, {"state": str(final)})
+        return _instance_row(inst)
+
+    return db.write(apply, url)
+
+
+def set_suspended(instance_id: Any, suspended: bool, url: str | None = None) -> dict[str, Any]:
+    """Record a suspension (cores and RAM back to the slave; disk kept) or a resume (claimed again)."""
+    iid = whole("id", instance_id)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        inst = session.get(Instance, iid)
+        if inst is None or inst.slave_id is None:
+            raise NotFoundError(f"id: no placed instance {iid}")
+        want_from = InstanceState.RUNNING if suspended else InstanceState.SUSPENDED
+        if inst.state != want_from and not (suspended and inst.state == InstanceState.PENDING):
+            raise ConflictError(f"id: instance {iid} is {inst.state}, not {want_from}")
+        slave = next(s for s in slave_states(session) if s.id == inst.slave_id)
+        demand = placement.Demand(inst.cores, inst.ram_mb, 0)
+        if suspended:
+            release_slave(session, slave.id, inst.cores, inst.ram_mb, 0)
+        else:
+            if slave.free_cores < inst.cores or slave.free_ram_mb < inst.ram_mb:
+                raise CapacityError(f"id: slave {slave.name} has no room to resume instance {iid} yet")
+            claim_slave(session, slave, demand)
+        before = str(inst.state)
+        inst.state = InstanceState.SUSPENDED if suspended else InstanceState.RUNNING
+        inst.updated_at = config.now()
+        audit(session, "instance", inst.id, "suspend" if suspended else "resume", {"state": before},
+              {"state": str(inst.state)})
+        return _instance_row(inst)
+
+    return db.write(apply, url)
+
+
+def list_instances(url: str | None = None, include_all: bool = False) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        query = (select(Instance, Slave.name, Group.name).outerjoin(Slave, Slave.id == Instance.slave_id)
+                 .join(Group, Group.id == Instance.group_id))
+        if not include_all:
+            query = query.where(Instance.state.in_((*HOLDS_CAPACITY, InstanceState.SUSPENDED)))
+        return [_instance_row(i, s, g) for i, s, g in session.execute(query.order_by(Instance.id))]
+
+
+def audit_log(url: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        rows = session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit))
+        return [{"id": a.id, "at": iso(a.at), "actor": a.actor, "object": f"{a.object_type}/{a.object_id}",
+                 "action": a.action, "before": a.before, "after": a.after} for a in rows]
