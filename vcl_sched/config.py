@@ -60,23 +60,33 @@ def now() -> datetime:
     return datetime.now().replace(microsecond=0)
 
 
-def parse_pool(value: str, field_name: str) -> list[str]:
-    """An address pool: 'A-B' (inclusive range) or a CIDR network (its usable hosts), IPv4."""
+def pool_bounds(value: str, field_name: str) -> tuple[int, int]:
+    """An address pool, 'A-B' (inclusive range) or a CIDR network (its usable hosts), IPv4, as
+    (first, last) integers. Checked without listing its addresses: this runs on every request."""
     text = str(value).strip()
     try:
         if "-" in text:
             first_s, last_s = (part.strip() for part in text.split("-", 1))
-            first, last = ipaddress.IPv4Address(first_s), ipaddress.IPv4Address(last_s)
-            if int(last) < int(first):
+            first, last = int(ipaddress.IPv4Address(first_s)), int(ipaddress.IPv4Address(last_s))
+            if last < first:
                 raise ValidationError(field_name, f"{text!r}: the range ends before it starts")
-            addresses = [ipaddress.IPv4Address(i) for i in range(int(first), int(last) + 1)]
         else:
-            addresses = list(ipaddress.IPv4Network(text, strict=True).hosts())
+            net = ipaddress.IPv4Network(text, strict=True)
+            if net.num_addresses <= 2:
+                first, last = int(net.network_address), int(net.broadcast_address)
+            else:
+                first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
     except ValueError as err:
         raise ValidationError(field_name, f"{text!r} is not an IPv4 range 'A-B' or network 'N/len': {err}") from None
-    if len(addresses) > 65536:
-        raise ValidationError(field_name, f"{text!r} holds {len(addresses)} addresses; at most 65536")
-    return [str(a) for a in addresses]
+    if last - first + 1 > 65536:
+        raise ValidationError(field_name, f"{text!r} holds {last - first + 1} addresses; at most 65536")
+    return first, last
+
+
+def parse_pool(value: str, field_name: str) -> list[str]:
+    """The addresses of a pool, in order."""
+    first, last = pool_bounds(value, field_name)
+    return [str(ipaddress.IPv4Address(i)) for i in range(first, last + 1)]
 
 
 def parse_mac_prefix(value: str) -> str:
@@ -189,8 +199,8 @@ def validate_settings(s: Settings) -> None:
     parse_mac_prefix(s.mac_prefix)
     if s.decline_limit < 0:
         raise ValidationError("decline_limit", "must be 0 or more")
-    private = parse_pool(s.private_pool, "private_pool") if s.private_pool else []
-    public = parse_pool(s.public_pool, "public_pool") if s.public_pool else []
-    overlap = set(private) & set(public)
-    if overlap:
-        raise ValidationError("public_pool", f"overlaps private_pool at {min(overlap, key=ipaddress.ip_address)}")
+    private = pool_bounds(s.private_pool, "private_pool") if s.private_pool else None
+    public = pool_bounds(s.public_pool, "public_pool") if s.public_pool else None
+    if private and public and private[0] <= public[1] and public[0] <= private[1]:
+        first = ipaddress.IPv4Address(max(private[0], public[0]))
+        raise ValidationError("public_pool", f"overlaps private_pool at {first}")

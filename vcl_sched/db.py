@@ -12,6 +12,7 @@ PostgreSQL runs at READ COMMITTED; writers use compare-and-swap updates (``slave
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -85,19 +86,41 @@ def is_sqlite(eng: Engine) -> bool:
 
 @contextmanager
 def read(url: str | None = None) -> Iterator[Session]:
-    """A read-only snapshot."""
-    with Session(engine(url), expire_on_commit=False) as session, session.begin():
-        yield session
-
-
-@contextmanager
-def _write_once(url: str | None) -> Iterator[Session]:
-    eng = engine(url).execution_options(vcl_write=True)
+    """A read-only, consistent snapshot: every statement sees the same state (SQLite: one deferred
+    transaction; PostgreSQL: REPEATABLE READ, since READ COMMITTED re-snapshots each statement)."""
+    eng = engine(url)
+    if eng.dialect.name == "postgresql":
+        eng = eng.execution_options(isolation_level="REPEATABLE READ")
     with Session(eng, expire_on_commit=False) as session, session.begin():
         yield session
 
 
-def write(fn: Callable[[Session], T], url: str | None = None, attempts: int = 50) -> T:
+@contextmanager
+def _writer_queue(eng: Engine) -> Iterator[None]:
+    """SQLite: writers queue on an flock beside the database file before BEGIN IMMEDIATE. SQLite's
+    own busy handler polls with sleeps of up to 100 ms, which starves concurrent writers; a kernel
+    lock wakes the next writer the moment the previous one commits."""
+    path = eng.url.database if eng.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _write_once(url: str | None) -> Iterator[Session]:
+    eng = engine(url)
+    with _writer_queue(eng), Session(eng.execution_options(vcl_write=True), expire_on_commit=False) as session, \
+            session.begin():
+        yield session
+
+
+def write(fn: Callable[[Session], T], url: str | None = None, attempts: int = 50, retry_races: bool = True) -> T:
     """Run ``fn`` in one write transaction; retry it whole when a compare-and-swap lost a race
     (``RetryTransaction``), a unique constraint was hit by a concurrent writer, or the database
     reported a serialisation failure / deadlock. ``fn`` must not have side effects outside the DB."""
@@ -109,7 +132,8 @@ def write(fn: Callable[[Session], T], url: str | None = None, attempts: int = 50
         except DryRun as dry:
             return dry.result  # type: ignore[return-value]
         except RetryTransaction:
-            pass
+            if not retry_races:
+                raise
         except IntegrityError:
             if attempt == attempts - 1:
                 raise
@@ -176,6 +200,7 @@ def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     command.downgrade(_alembic_config(url), revision)
+    _schema_ok.discard(url)
 
 
 def current_revision(url: str | None = None) -> str | None:
@@ -185,6 +210,7 @@ def current_revision(url: str | None = None) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@cache
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
@@ -193,18 +219,25 @@ def head_revision() -> str:
     return head
 
 
+_schema_ok: set[str] = set()
+
+
 def require_schema(url: str | None = None) -> None:
-    """Fail clearly when the database was never initialised or needs an upgrade."""
+    """Fail clearly when the database was never initialised or needs an upgrade (checked once per
+    process and database: a schema does not change under a running command)."""
+    url = url or config.db_url()
+    if url in _schema_ok:
+        return
     try:
         current = current_revision(url)
     except OperationalError as err:
-        where = config.db_url() if url is None else url
-        raise VclError(f"cannot open the lab database ({where}): {err.orig}") from None
+        raise VclError(f"cannot open the lab database ({url}): {err.orig}") from None
     if current is None:
         raise VclError("the lab database is not initialised: run `vcl db init`")
     if current != head_revision():
         raise VclError(f"the lab database is at schema {current}, this vcl needs {head_revision()}:"
                        " run `vcl db upgrade`")
+    _schema_ok.add(url)
 
 
 def ping(url: str | None = None) -> None:

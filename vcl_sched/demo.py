@@ -1,6 +1,6 @@
 """`vcl demo`: the scheduler on a fresh embedded database, step by step, as an admin would drive it.
 
-It uses its own SQLite file (``VCL_DEMO_DB``, default /tmp/vcl-demo.sqlite, recreated each run) and a
+It uses its own SQLite file (``VCL_DEMO_DB``, default vcl-demo.sqlite in the temp directory, recreated each run) and a
 fixed clock, so it never touches the lab's real database and prints the same decisions every time.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ def _say(title: str) -> None:
 
 
 def run_demo(json_output: bool = False) -> int:
-    path = Path(os.environ.get("VCL_DEMO_DB", "/tmp/vcl-demo.sqlite"))
+    path = Path(os.environ.get("VCL_DEMO_DB") or Path(tempfile.gettempdir()) / "vcl-demo.sqlite")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     url = f"sqlite:///{path}"

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -101,10 +102,14 @@ class Membership(Base):
 
 class Slave(Base):
     __tablename__ = "slaves"
+    # Migration 0002: indexes in each placement policy's order, so choosing a slave walks an index
+    # and stops at the first that fits (the expressions must match service.SQL_ORDER exactly).
     __table_args__ = (
         CheckConstraint("cores_used >= 0 AND cores_used <= cores_total", name="cores"),
         CheckConstraint("ram_mb_used >= 0 AND ram_mb_used <= ram_mb_total", name="ram"),
         CheckConstraint("disk_gb_used >= 0 AND disk_gb_used <= disk_gb_total", name="disk"),
+        Index("ix_slaves_spread", "status", "cores_used", "id"),
+        Index("ix_slaves_pack", "status", text("(cores_total - cores_used)"), "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)

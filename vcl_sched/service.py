@@ -16,13 +16,15 @@ import ipaddress
 import json
 import math
 import os
+import random
 import re
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import calendar, config, db, placement, preempt
@@ -97,12 +99,15 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(sep=" ", timespec="minutes") if value is not None else None
 
 
+_AUDIT = insert(AuditLog)
+
+
 def audit(session: Session, obj_type: str, obj_id: int, action: str, before: dict | None, after: dict | None,
           at: datetime | None = None) -> None:
-    session.execute(insert(AuditLog).values(
-        at=at or config.now(), actor=actor(), object_type=obj_type, object_id=obj_id, action=action,
-        before=json.dumps(before, default=str, sort_keys=True) if before is not None else None,
-        after=json.dumps(after, default=str, sort_keys=True) if after is not None else None))
+    session.connection().execute(_AUDIT, [{
+        "at": at or config.now(), "actor": actor(), "object_type": obj_type, "object_id": obj_id, "action": action,
+        "before": json.dumps(before, default=str, sort_keys=True) if before is not None else None,
+        "after": json.dumps(after, default=str, sort_keys=True) if after is not None else None}])
 
 
 def _group(session: Session, name: str, field: str = "owner") -> Group:
@@ -345,30 +350,69 @@ def list_slaves(url: str | None = None) -> list[dict[str, Any]]:
         return [_slave_row(s) for s in session.scalars(select(Slave).order_by(Slave.name))]
 
 
-def slave_states(session: Session) -> list[placement.SlaveState]:
-    rows = session.execute(select(Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total, Slave.disk_gb_total,
-                                  Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, Slave.status,
-                                  Slave.generation).order_by(Slave.id)).all()
-    return [placement.SlaveState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], str(r[8]), r[9]) for r in rows]
-
-
 # --- placement in SQL and claims ------------------------------------------------------------------
+# Statements are built once (bound parameters, never formatted text), so each call only binds
+# values and hits SQLAlchemy's compiled cache: the claim path runs on every launch.
 
-def _fits(demand: placement.Demand):  # type: ignore[no-untyped-def]
-    return and_(Slave.status == SlaveStatus.UP, Slave.cores_total - Slave.cores_used >= demand.cores,
-                Slave.ram_mb_total - Slave.ram_mb_used >= demand.ram_mb,
-                Slave.disk_gb_total - Slave.disk_gb_used >= demand.disk_gb)
+_D_CORES, _D_RAM, _D_DISK = bindparam("d_cores"), bindparam("d_ram"), bindparam("d_disk")
+_SLAVE_COLUMNS = (Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total, Slave.disk_gb_total,
+                  Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, Slave.status, Slave.generation)
+_IS_UP = Slave.status == SlaveStatus.UP
+_HAS_CORES = Slave.cores_total - Slave.cores_used >= _D_CORES
+_HAS_RAM = Slave.ram_mb_total - Slave.ram_mb_used >= _D_RAM
+_HAS_DISK = Slave.disk_gb_total - Slave.disk_gb_used >= _D_DISK
+_CASCADE = (_IS_UP, and_(_IS_UP, _HAS_CORES), and_(_IS_UP, _HAS_CORES, _HAS_RAM),
+            and_(_IS_UP, _HAS_CORES, _HAS_RAM, _HAS_DISK))
+_FILTER_COUNTS = select(func.count(), *(func.coalesce(func.sum(case((cond, 1), else_=0)), 0) for cond in _CASCADE))
+# Spread states the cores filter as `cores_used + n <= cores_total` (the same test): written as
+# `cores_total - cores_used >= n` it matches the pack index's expression, and SQLite's planner would
+# then range-scan that index and sort, instead of walking ix_slaves_spread in order.
+_CORES_FILTER = {"spread": Slave.cores_used + _D_CORES <= Slave.cores_total, "pack": _HAS_CORES}
+_CHOOSE = {name: select(*_SLAVE_COLUMNS).where(_IS_UP, _CORES_FILTER[name], _HAS_RAM, _HAS_DISK).order_by(*order)
+           for name, order in SQL_ORDER.items()}
+TIE_SAMPLE = 64  # after a lost race, choose at random among up to this many equally good slaves
+_CHOOSE_BEST = {name: stmt.limit(1) for name, stmt in _CHOOSE.items()}
+_CHOOSE_TIED = {name: stmt.limit(TIE_SAMPLE) for name, stmt in _CHOOSE.items()}
+_CLAIM = (update(Slave).where(Slave.id == bindparam("sid"), Slave.generation == bindparam("gen"))
+          .values(cores_used=Slave.cores_used + _D_CORES, ram_mb_used=Slave.ram_mb_used + _D_RAM,
+                  disk_gb_used=Slave.disk_gb_used + _D_DISK, generation=Slave.generation + 1,
+                  updated_at=bindparam("now")))
+_RELEASE = (update(Slave).where(Slave.id == bindparam("sid"))
+            .values(cores_used=Slave.cores_used - _D_CORES, ram_mb_used=Slave.ram_mb_used - _D_RAM,
+                    disk_gb_used=Slave.disk_gb_used - _D_DISK, generation=Slave.generation + 1,
+                    updated_at=bindparam("now")))
+_FREE_PAIR = select(AddressPair.id).where(AddressPair.instance_id.is_(None)).order_by(AddressPair.id).limit(1)
+_TAKE_PAIR = {
+    # One statement takes the lowest free pair; PostgreSQL skips pairs other transactions are taking.
+    dialect: update(AddressPair).where(AddressPair.id == free.scalar_subquery())
+    .values(instance_id=bindparam("iid"), mac=bindparam("mac"))
+    .returning(AddressPair.private_ip, AddressPair.public_ip)
+    for dialect, free in (("sqlite", _FREE_PAIR), ("postgresql", _FREE_PAIR.with_for_update(skip_locked=True)))
+}
+_SET_ADDRESSES = (update(Instance).where(Instance.id == bindparam("iid"))
+                  .values(mac=bindparam("mac"), private_ip=bindparam("priv"), public_ip=bindparam("pub")))
+_NEW_INSTANCE = insert(Instance).returning(Instance.id)
+_COUNT_PAIRS = select(func.count(), func.count(AddressPair.instance_id)).select_from(AddressPair)
+_DECLINE = (update(User).where(User.id == bindparam("uid"), User.declines < bindparam("limit"))
+            .values(declines=User.declines + 1))
+
+
+def _demand_params(demand: placement.Demand) -> dict[str, int]:
+    return {"d_cores": demand.cores, "d_ram": demand.ram_mb, "d_disk": demand.disk_gb}
+
+
+def _state(row: Any) -> placement.SlaveState:
+    return placement.SlaveState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], str(row[8]), row[9])
+
+
+def slave_states(session: Session) -> list[placement.SlaveState]:
+    return [_state(r) for r in session.execute(select(*_SLAVE_COLUMNS).order_by(Slave.id))]
 
 
 def filter_counts(session: Session, demand: placement.Demand) -> tuple[tuple[str, int], ...]:
     """The filter cascade's counts (as placement.run_filters reports them), in one aggregate query."""
-    up = Slave.status == SlaveStatus.UP
-    cores = and_(up, Slave.cores_total - Slave.cores_used >= demand.cores)
-    ram = and_(cores, Slave.ram_mb_total - Slave.ram_mb_used >= demand.ram_mb)
-    disk = and_(ram, Slave.disk_gb_total - Slave.disk_gb_used >= demand.disk_gb)
-    row = session.execute(select(func.count(), *(func.coalesce(func.sum(case((c, 1), else_=0)), 0)
-                                                for c in (up, cores, ram, disk)))).one()
-    counts = [("all", row[0])]
+    row = session.connection().execute(_FILTER_COUNTS, _demand_params(demand)).one()
+    counts = [("all", int(row[0]))]
     for (name, _), n in zip(placement.FILTERS, row[1:], strict=True):
         counts.append((name, int(n)))
         if not n:
@@ -376,39 +420,46 @@ def filter_counts(session: Session, demand: placement.Demand) -> tuple[tuple[str
     return tuple(counts)
 
 
-def choose_slave(session: Session, demand: placement.Demand, policy: str) -> placement.Placement:
-    """Place with the database doing filter + weigh; fall back to the Python pipeline to explain a miss."""
-    counts = filter_counts(session, demand)
-    order = SQL_ORDER.get(policy)
-    if order is not None:
-        query = select(Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total, Slave.disk_gb_total,
-                       Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, Slave.status, Slave.generation)
-        row = session.execute(query.where(_fits(demand)).order_by(*order).limit(1)).first()
-        if row is not None:
-            slave = placement.SlaveState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                                         str(row[8]), row[9])
-            return placement.Placement(slave, policy, counts)
-        if counts[-1][1]:  # pragma: no cover - SQL and Python filters disagree: a bug, say so loudly
-            raise AssertionError("SQL placement found no slave although the filter counts say one fits")
-    return placement.place(slave_states(session), demand, policy)
+def choose_slave(session: Session, demand: placement.Demand, policy: str, tie_break: str = "lowest-id",
+                 rng: random.Random | None = None, explain: bool = True) -> placement.Placement:
+    """Place with the database doing filter + weigh (an index walk in policy order).
+
+    With ``explain`` the placement carries the filter cascade's counts (one aggregate scan); a
+    request that does not fit always gets them and the reason, from the Python pipeline.
+    ``tie_break="random"`` picks among the equally good slaves at random (used after a lost race,
+    so concurrent writers stop choosing the same slave, as nova's host_subset_size does)."""
+    if policy not in SQL_ORDER:
+        return placement.place(slave_states(session), demand, policy)
+    conn = session.connection()
+    params = _demand_params(demand)
+    if tie_break == "random":
+        rows = conn.execute(_CHOOSE_TIED[policy], params).all()
+        key = placement.get_policy(policy).sort_key
+        assert key is not None
+        best = [r for r in rows if key(_state(r))[:-1] == key(_state(rows[0]))[:-1]] if rows else []
+        row = (rng or random).choice(best) if best else None
+    else:
+        row = conn.execute(_CHOOSE_BEST[policy], params).first()
+    if row is None:
+        return placement.place(slave_states(session), demand, policy)
+    counts = filter_counts(session, demand) if explain else ()
+    return placement.Placement(_state(row), policy, counts)
+
+
+_CAPACITY = select(func.coalesce(func.sum(Slave.cores_total), 0)).where(_IS_UP)
 
 
 def claim_slave(session: Session, slave: placement.SlaveState, demand: placement.Demand) -> None:
-    """Compare-and-swap claim (Placement's generation check); a lost race retries the transaction."""
-    result = session.execute(
-        update(Slave)
-        .where(Slave.id == slave.id, Slave.generation == slave.generation)
-        .values(cores_used=Slave.cores_used + demand.cores, ram_mb_used=Slave.ram_mb_used + demand.ram_mb,
-                disk_gb_used=Slave.disk_gb_used + demand.disk_gb, generation=Slave.generation + 1,
-                updated_at=config.now()))
+    """Compare-and-swap claim (Placement's generation check); a lost race retries the decision."""
+    result = session.connection().execute(_CLAIM, {"sid": slave.id, "gen": slave.generation, "now": config.now(),
+                                                   **_demand_params(demand)})
     if result.rowcount != 1:
         raise db.RetryTransaction
 
 
 def release_slave(session: Session, slave_id: int, cores: int, ram_mb: int, disk_gb: int) -> None:
-    session.execute(update(Slave).where(Slave.id == slave_id).values(
-        cores_used=Slave.cores_used - cores, ram_mb_used=Slave.ram_mb_used - ram_mb,
-        disk_gb_used=Slave.disk_gb_used - disk_gb, generation=Slave.generation + 1, updated_at=config.now()))
+    session.connection().execute(_RELEASE, {"sid": slave_id, "d_cores": cores, "d_ram": ram_mb, "d_disk": disk_gb,
+                                            "now": config.now()})
 
 
 def new_mac(prefix: str) -> str:
@@ -417,22 +468,19 @@ def new_mac(prefix: str) -> str:
 
 
 def allocate_addresses(session: Session, instance_id: int, mac_prefix: str) -> tuple[str, str, str]:
-    """Take the lowest free (public, private) pair and a fresh MAC for an instance."""
-    query = select(AddressPair.id, AddressPair.private_ip, AddressPair.public_ip).where(
-        AddressPair.instance_id.is_(None)).order_by(AddressPair.id).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    row = session.execute(query).first()
-    if row is None:
-        total = session.scalar(select(func.count()).select_from(AddressPair))
-        raise CapacityError(f"addresses: all {total} (public, private) address pairs are in use"
-                             " (widen private_pool/public_pool with `vcl config set`)")
-    pair_id, private_ip, public_ip = row
+    """Take the lowest free (public, private) pair and a fresh MAC for an instance, and record
+    them on the instance. A MAC drawn twice hits the unique constraint and the transaction reruns."""
+    conn = session.connection()
     mac = new_mac(mac_prefix)
-    result = session.execute(update(AddressPair).where(AddressPair.id == pair_id, AddressPair.instance_id.is_(None))
-                             .values(instance_id=instance_id, mac=mac))
-    if result.rowcount != 1:
-        raise db.RetryTransaction
+    row = conn.execute(_TAKE_PAIR[conn.dialect.name], {"iid": instance_id, "mac": mac}).first()
+    if row is None:
+        total, held = conn.execute(_COUNT_PAIRS).one()
+        if held < total:
+            raise db.RetryTransaction  # PostgreSQL: every free pair is being taken by another transaction
+        raise CapacityError(f"addresses: all {total} (public, private) address pairs are in use"
+                            " (widen private_pool/public_pool with `vcl config set`)")
+    private_ip, public_ip = row
+    conn.execute(_SET_ADDRESSES, {"iid": instance_id, "mac": mac, "priv": private_ip, "pub": public_ip})
     return mac, private_ip, public_ip
 
 
@@ -449,20 +497,23 @@ def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minut
     return priority(inputs, coefficient), inputs
 
 
-def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.Booking]:
-    day_start = datetime.combine(day.date(), datetime.min.time())
+def _bookings_between(session: Session, start: datetime, end: datetime, now: datetime) -> list[calendar.Booking]:
     rows = session.execute(
         select(Reservation.id, Reservation.cores, Reservation.start, Reservation.end, Reservation.priority,
                Reservation.register_as_slave, Reservation.state)
-        .where(Reservation.state.in_(ACTIVE_BOOKINGS), Reservation.end > day_start,
-               Reservation.start < day_start + timedelta(days=1))).all()
+        .where(Reservation.state.in_(ACTIVE_BOOKINGS), Reservation.end > start, Reservation.start < end)).all()
     return [calendar.Booking(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0],
                              fixed=r[6] == ReservationState.ACTIVE or r[2] <= now) for r in rows]
 
 
+def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.Booking]:
+    """Bookings that touch the calendar day of ``day`` (admission never moves one across days)."""
+    day_start = datetime.combine(day.date(), datetime.min.time())
+    return _bookings_between(session, day_start, day_start + timedelta(days=1), now)
+
+
 def _capacity(session: Session) -> int:
-    return int(session.scalar(select(func.coalesce(func.sum(Slave.cores_total), 0))
-                              .where(Slave.status == SlaveStatus.UP)) or 0)
+    return int(session.connection().execute(_CAPACITY).scalar_one())
 
 
 def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -560,104 +611,133 @@ def _running_be(session: Session) -> list[preempt.RunningVM]:
     return [preempt.RunningVM(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0], kind=str(r[6])) for r in rows]
 
 
+@dataclass
+class _BestEffort:
+    """What a best-effort request decided on a snapshot, for the short write that applies it."""
+
+    answer: dict[str, Any]
+    group_id: int
+    image_id: int | None
+    user_name: str | None
+    demand: placement.Demand
+    priority: float  # exact; answer["priority"] is rounded for display
+    decline_limit: int
+    mac_prefix: str
+    slave: placement.SlaveState | None = None
+    ends: datetime | None = None
+
+
 def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: Any, register_as_slave: Any,
             member: Any, disk_gb: Any = None, image: str | None = None, user: str | None = None,
-            dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
+            dry_run: bool = False, explain: bool = True, url: str | None = None) -> dict[str, Any]:
     """A best-effort VM now (SPEC §3, §4): placed and claimed (cores, RAM, disk, MAC, address pair,
     in one transaction), or the preemption plan (which lower-priority BE VMs to suspend), or wait.
 
-    The hours granted are capped by the look-ahead: a BE VM may run only until its cores are
-    needed by a reservation (at most ``booking.lookahead_max_hours``)."""
+    The decision is taken on a read snapshot, without holding the write lock; the claim is a short
+    write transaction whose compare-and-swap on the slave's generation fails if anything changed
+    the chosen slave since, and then the request is decided again on fresh state (Placement's
+    optimistic claims). The hours granted are capped by the look-ahead: a BE VM may run only until
+    its cores are needed by a reservation (at most ``booking.lookahead_max_hours``)."""
     owner = check_name("owner", owner)
     cores_n = whole("cores", cores)
     ram_n = whole("ram_mb", ram_mb)
-    settings = get_settings(url)
-    hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
+    disk_n = whole("disk_gb", disk_gb, 0) if disk_gb is not None else None
     user_name = check_name("user", user) if user is not None else None
+    db.require_schema(url)
+    rng = random.Random()  # noqa: S311 - spreads tie-breaks after a lost race; not a secret
+    for attempt in range(50):
+        with db.read(url) as session:
+            plan = _decide_best_effort(session, owner, cores_n, ram_n, disk_n, hours, platform_value,
+                                       register_as_slave, member, image, user_name, dry_run,
+                                       tie_break="random" if attempt else "lowest-id", rng=rng, explain=explain)
+        if dry_run:
+            return plan.answer
+        try:
+            return db.write(lambda s, plan=plan: _apply_best_effort(s, plan), url, retry_races=False)
+        except db.RetryTransaction:
+            continue
+    raise CapacityError("the slaves kept changing under this request: gave up after 50 attempts")
+
+
+def _decide_best_effort(session: Session, owner: str, cores_n: int, ram_n: int, disk_n: int | None, hours: Any,
+                        platform_value: Any, register_as_slave: Any, member: Any, image: str | None,
+                        user_name: str | None, dry_run: bool, tie_break: str, rng: random.Random,
+                        explain: bool = True) -> _BestEffort:
+    settings = db.load_settings(session)
+    hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
     pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_n * 60, member,
                               settings.priority_coefficient)
+    group = _group(session, owner)
+    img = _image(session, image)
+    disk = disk_n if disk_n is not None else (img.default_disk_gb if img else 0)
+    demand = placement.Demand(cores_n, ram_n, disk)
+    answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
+                              "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
+                              "register_as_slave": inputs.register_as_slave, "id": None}
+    plan = _BestEffort(answer, group.id, img.id if img else None, user_name, demand, pi, settings.decline_limit,
+                       settings.mac_prefix)
+    # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores now,
+    # but placement and preemption deal with them, and a starting reservation suspends BE VMs.
+    horizon = now + timedelta(hours=settings.booking.lookahead_max_hours)
+    granted = calendar.best_effort_hours(cores_n, now, _bookings_between(session, now, horizon, now),
+                                         _capacity(session), [], settings.booking)
+    hours_granted = min(hours_n, granted)
+    answer["hours_granted"] = hours_granted
+    if hours_granted == 0:
+        answer.update(state="waiting", decision="wait",
+                      reason=f"{cores_n} cores are not free of reservations for even 1 hour from {iso(now)}")
+        return plan
+    chosen = choose_slave(session, demand, settings.placement_policy, tie_break, rng, explain)
+    answer["explain"] = chosen.explain()
+    if chosen.slave is None:
+        pre = preempt.plan(slave_states(session), demand, pi, _running_be(session), settings.placement_policy)
+        answer.update(state="waiting", decision="suspend" if pre.action == "suspend" else "wait", reason=pre.reason,
+                      slave=pre.slave.name if pre.slave else None, suspend=[v.id for v in pre.victims])
+        return plan
+    plan.slave = chosen.slave
+    plan.ends = now + timedelta(hours=hours_granted)
+    answer.update(state="pending", decision="place", slave=chosen.slave.name, ends_at=iso(plan.ends),
+                  reason="" if hours_granted == hours_n else
+                  f"granted {hours_granted} of {hours_n} hours: the cores are reserved after that")
+    return plan
 
-    def apply(session: Session) -> dict[str, Any]:
-        group = _group(session, owner)
-        img = _image(session, image)
-        disk_n = whole("disk_gb", disk_gb, 0) if disk_gb is not None else (img.default_disk_gb if img else 0)
-        demand = placement.Demand(cores_n, ram_n, disk_n)
-        usr = _user(session, user_name, group)
-        answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
-                                  "ram_mb": ram_n, "disk_gb": disk_n, "hours_requested": hours_n, "dry_run": dry_run}
-        # SPEC §3.4: a client may decline to register as a slave `decline_limit` times.
-        if usr is not None and not inputs.register_as_slave:
-            if usr.declines >= settings.decline_limit:
-                answer.update(id=None, state="refused", decision="refused",
+
+def _apply_best_effort(session: Session, plan: _BestEffort) -> dict[str, Any]:
+    answer = dict(plan.answer)
+    now = config.now()
+    user_id = None
+    if plan.user_name is not None:
+        usr = _user(session, plan.user_name)
+        assert usr is not None
+        user_id = usr.id
+        # SPEC §3.4: a client may decline to register as a slave `decline_limit` times (atomic check).
+        if not answer["register_as_slave"]:
+            counted = session.connection().execute(_DECLINE, {"uid": usr.id, "limit": plan.decline_limit})
+            if counted.rowcount != 1:
+                answer.update(state="refused", decision="refused",
                               reason=f"user {usr.name} declined to register as a slave {usr.declines} times"
-                                     f" (limit {settings.decline_limit}): register (register_as_slave=1) to be served")
+                                     f" (limit {plan.decline_limit}): register (register_as_slave=1) to be served")
                 raise db.DryRun(answer)  # a refusal writes nothing
-            usr.declines += 1
-        elif usr is not None:
+        else:
             usr.registered_slave = 1
-
-        db.lock(session, "calendar")  # the look-ahead reads the calendar
-        capacity = _capacity(session)
-        bookings = _bookings(session, now, now) + _bookings(session, now + timedelta(days=1), now)
-        # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores
-        # now, but placement and preemption deal with them, and a starting reservation suspends BE VMs.
-        unique = {b.id: b for b in bookings}
-        granted = calendar.best_effort_hours(cores_n, now, list(unique.values()), capacity, [], settings.booking)
-        hours_granted = min(hours_n, granted)
-        answer["hours_granted"] = hours_granted
-        if hours_granted == 0:
-            answer.update(id=None, state="waiting", decision="wait",
-                          reason=f"{cores_n} cores are not free of reservations for even 1 hour from {iso(now)}")
-            return _record_waiting(session, answer, group, usr, img, demand, pi, inputs, now, dry_run)
-
-        chosen = choose_slave(session, demand, settings.placement_policy)
-        answer["explain"] = chosen.explain()
-        if chosen.slave is None:
-            plan = preempt.plan(slave_states(session), demand, pi, _running_be(session), settings.placement_policy)
-            answer.update(decision="suspend" if plan.action == "suspend" else "wait", reason=plan.reason,
-                          slave=plan.slave.name if plan.slave else None, suspend=[v.id for v in plan.victims])
-            answer["state"] = "waiting"
-            return _record_waiting(session, answer, group, usr, img, demand, pi, inputs, now, dry_run)
-
-        slave = chosen.slave
-        claim_slave(session, slave, demand)
-        ends = now + timedelta(hours=hours_granted)
-        inst_id = session.execute(insert(Instance).values(
-            image_id=img.id if img else None, slave_id=slave.id, group_id=group.id, user_id=usr.id if usr else None,
-            cores=cores_n, ram_mb=ram_n, disk_gb=disk_n, state=InstanceState.PENDING, kind=InstanceKind.BE,
-            priority=pi, register_as_slave=inputs.register_as_slave, started_at=None, ends_at=ends,
-            created_at=now, updated_at=now).returning(Instance.id)).scalar_one()
-        mac, private_ip, public_ip = allocate_addresses(session, inst_id, settings.mac_prefix)
-        session.execute(update(Instance).where(Instance.id == inst_id)
-                        .values(mac=mac, private_ip=private_ip, public_ip=public_ip))
-        answer.update(id=inst_id, state="pending", decision="place", slave=slave.name, mac=mac,
-                      private_ip=private_ip, public_ip=public_ip, ends_at=iso(ends),
-                      reason="" if hours_granted == hours_n else
-                      f"granted {hours_granted} of {hours_n} hours: the cores are reserved after that")
-        audit(session, "instance", inst_id, "claim", None, {k: answer[k] for k in (
-            "slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip", "ends_at")}, now)
-        if dry_run:
-            raise db.DryRun({**answer, "id": None, "mac": None, "private_ip": None, "public_ip": None})
+    values = {"image_id": plan.image_id, "group_id": plan.group_id, "user_id": user_id, "cores": plan.demand.cores,
+              "ram_mb": plan.demand.ram_mb, "disk_gb": plan.demand.disk_gb, "state": InstanceState.PENDING,
+              "kind": InstanceKind.BE, "priority": plan.priority, "register_as_slave": answer["register_as_slave"],
+              "created_at": now, "updated_at": now}
+    if plan.slave is None:  # wait or suspend first: keep it in the queue (pending, no slave) for the dispatcher
+        inst_id = session.connection().execute(_NEW_INSTANCE, [values]).scalar_one()
+        answer["id"] = inst_id
+        audit(session, "instance", inst_id, "queued", None, {"decision": answer["decision"],
+                                                             "reason": answer["reason"]}, now)
         return answer
-
-    return db.write(apply, url)
-
-
-def _record_waiting(session: Session, answer: dict[str, Any], group: Group, usr: User | None, img: Image | None,
-                    demand: placement.Demand, pi: float, inputs: Any, now: datetime, dry_run: bool) -> dict[str, Any]:
-    """Keep a request that cannot run now in the queue (pending, no slave) for the dispatcher."""
-    if dry_run:
-        raise db.DryRun(answer)
-    inst = Instance(image_id=img.id if img else None, slave_id=None, group_id=group.id,
-                    user_id=usr.id if usr else None, cores=demand.cores, ram_mb=demand.ram_mb, disk_gb=demand.disk_gb,
-                    state=InstanceState.PENDING, kind=InstanceKind.BE, priority=pi,
-                    register_as_slave=inputs.register_as_slave, created_at=now, updated_at=now)
-    session.add(inst)
-    session.flush()
-    answer["id"] = inst.id
-    audit(session, "instance", inst.id, "queued", None, {"decision": answer["decision"], "reason": answer["reason"]},
-          now)
+    claim_slave(session, plan.slave, plan.demand)
+    values.update(slave_id=plan.slave.id, ends_at=plan.ends)
+    inst_id = session.connection().execute(_NEW_INSTANCE, [values]).scalar_one()
+    mac, private_ip, public_ip = allocate_addresses(session, inst_id, plan.mac_prefix)
+    answer.update(id=inst_id, mac=mac, private_ip=private_ip, public_ip=public_ip)
+    audit(session, "instance", inst_id, "claim", None, {k: answer[k] for k in (
+        "slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip", "ends_at")}, now)
     return answer
 
 

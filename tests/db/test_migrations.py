@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from vcl_sched import db, service
 from vcl_sched.errors import VclError
 from vcl_sched.models import Base
 
 
+# Expression indexes cannot be reflected by every dialect; their presence is checked by name below.
+@pytest.mark.filterwarnings("ignore:.*expression-based index:UserWarning",
+                            "ignore:.*expression-based index:sqlalchemy.exc.SAWarning")
 def test_migrated_schema_matches_the_models(db_url):
     with db.engine(db_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
@@ -33,3 +38,28 @@ def test_downgrade_then_upgrade(db_url):
         service.list_slaves(db_url)
     db.upgrade(db_url)
     assert service.list_slaves(db_url) == []
+
+
+def _index_names(url: str) -> set[str]:
+    with db.engine(url).connect() as conn:
+        if conn.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'slaves'"))
+        else:
+            rows = conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'slaves'"))
+        return {r[0] for r in rows}
+
+
+def test_upgrading_a_0001_database_keeps_its_data_and_adds_the_placement_indexes(db_url):
+    db.downgrade(db_url, "0001")
+    assert db.current_revision(db_url) == "0001"
+    assert "ix_slaves_spread" not in _index_names(db_url)
+    with db.engine(db_url).begin() as conn:  # a lab's data from last year, written by the old schema
+        conn.execute(text("INSERT INTO slaves (name, address, cores_total, cores_used, ram_mb_total, ram_mb_used,"
+                          " disk_gb_total, disk_gb_used, status, generation, joined_at, updated_at) VALUES"
+                          " ('old', '10.1.0.5', 8, 2, 4096, 512, 50, 5, 'up', 7, :t, :t)"),
+                     {"t": datetime(2025, 11, 1, 9, 0)})
+    service.init(db_url)
+    assert db.current_revision(db_url) == db.head_revision() == "0002"
+    assert {"ix_slaves_spread", "ix_slaves_pack"} <= _index_names(db_url)
+    [old] = service.list_slaves(db_url)
+    assert (old["name"], old["cores_used"], old["generation"], old["joined_at"]) == ("old", 2, 7, "2025-11-01 09:00")
