@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from vcl_sched import db, service  # noqa: E402
-from vcl_sched.models import AddressPair, Instance, Slave  # noqa: E402
+from vcl_sched import db, service
+from vcl_sched.models import AddressPair, Instance, Slave
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -28,12 +28,14 @@ def require_lab_tools() -> None:
     """Fail (not skip) with the fix when this machine cannot run the lab."""
     try:
         preflight()
+        return
     except LabError as err:
-        pytest.fail(
-            f"the simulated lab cannot run here: {err}. Run the tests through scripts/test.sh "
-            "(it installs requirements/apt-lab.txt), as root.",
-            pytrace=False,
-        )
+        problem = str(err)
+    pytest.fail(
+        f"the simulated lab cannot run here: {problem}. Run the tests through scripts/test.sh "
+        "(it installs requirements/apt-lab.txt), as root.",
+        pytrace=False,
+    )
 
 
 def start_lab(name: str, slaves: int = 2) -> Lab:
@@ -41,7 +43,8 @@ def start_lab(name: str, slaves: int = 2) -> Lab:
     try:
         return lab_up(name, slaves=slaves)
     except LabError as err:
-        pytest.fail(str(err), pytrace=False)
+        problem = str(err)
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-
 from vcl_sched.cli import main
 
 
@@ -52,7 +51,7 @@ def test_refusal_exits_3_with_the_reason(vcl):
 @pytest.mark.parametrize(("argv", "needle"), [
     (("slave", "add", "s1", "--address", "nope", "--cores", "8", "--ram-mb", "1", "--disk-gb", "1"), "address:"),
     (("slave", "add", "s1", "--address", "10.0.0.1", "--cores", "-8", "--ram-mb", "1", "--disk-gb", "1"), "cores:"),
-    (RESERVE[:-2] + ("--member", "2"), "member:"),
+    ((*RESERVE[:-2], "--member", "2"), "member:"),
     (("reserve", *RESERVE[1:8], "2026-13-01 10:00", *RESERVE[9:]), "start:"),
     (("config", "set", "placement_policy=random"), "placement_policy:"),
     (("config", "set", "booking.max_hours=-1"), "booking.max_hours"),

@@ -1,0 +1,131 @@
+"""The lab's pure parts, without a lab: names, subnets, the inventory, the recap parser, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+import pytest
+import yaml
+
+from vcl_sched.lab import LabError, net
+from vcl_sched.lab._util import require_tools
+from vcl_sched.lab.cli import add_parser
+from vcl_sched.lab.inventory import render
+from vcl_sched.lab.playbook import parse_recap
+from vcl_sched.lab.state import LabState, machine_plan
+
+RECAP = """
+TASK [x] ***
+ok: [master]
+
+PLAY RECAP *********************************************************************
+client                     : ok=2    changed=0    unreachable=0    failed=1    skipped=0    rescued=0    ignored=0
+master                     : ok=5    changed=3    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0
+slave1                     : ok=0    changed=0    unreachable=1    failed=0    skipped=0    rescued=0    ignored=0
+
+[WARNING]: something after the recap
+"""
+
+
+def test_parse_recap_reads_every_host():
+    hosts = parse_recap(RECAP)
+    assert set(hosts) == {"client", "master", "slave1"}
+    assert hosts["master"].ok == 5 and hosts["master"].changed == 3 and hosts["master"].skipped == 1
+    assert hosts["client"].failed == 1
+    assert hosts["slave1"].unreachable == 1
+
+
+def test_parse_recap_without_recap_is_empty():
+    assert parse_recap("ERROR! the playbook could not be found") == {}
+
+
+@pytest.mark.parametrize("name", ["vcl0", "vcltest", "abcdefghijkl", "x"])
+def test_interface_names_fit_the_kernel_limit(name):
+    assert len(net.bridge_name(name)) <= 15
+    for host in ["master", "client", *(f"slave{i}" for i in (1, 9, 29))]:
+        assert len(net.veth_name(name, host)) <= 15
+
+
+def test_long_names_keep_distinct_interfaces():
+    assert net.bridge_name("labnumberone") != net.bridge_name("labnumbertwo")
+
+
+@pytest.mark.parametrize("bad", ["", "Vcl0", "0lab", "a-b", "x" * 13, "../etc"])
+def test_bad_lab_names_are_refused(bad):
+    with pytest.raises(LabError, match="lab name"):
+        net.check_name(bad)
+
+
+def test_subnets_come_from_the_name_and_skip_what_is_taken(monkeypatch):
+    monkeypatch.setattr(net, "host_networks", lambda exclude_dev=None: [])
+    first = net.choose_subnets("vcl0", requested=None, other_labs={}, own_bridge="vclbr-vcl0")
+    assert (str(first.lan), str(first.vm)) == ("10.213.0.0/24", "10.213.1.0/24")
+    assert str(net.choose_subnets("vcl1", requested=None, other_labs={}, own_bridge="x").lan) == "10.213.2.0/24"
+    # Something else on the host routes 10.213.1.0/24: vcl0 moves to the next free pair.
+    taken = [(ipaddress.IPv4Network("10.213.1.0/24"), "route 10.213.1.0/24 dev wg0")]
+    monkeypatch.setattr(net, "host_networks", lambda exclude_dev=None: taken)
+    moved = net.choose_subnets("vcl0", requested=None, other_labs={"vcl1": net._pair(1)}, own_bridge="x")
+    assert str(moved.lan) == "10.213.4.0/24"
+
+
+def test_a_taken_requested_subnet_is_a_clear_error(monkeypatch):
+    taken = [(ipaddress.IPv4Network("10.213.0.0/16"), "route 10.213.0.0/16 dev tun0")]
+    monkeypatch.setattr(net, "host_networks", lambda exclude_dev=None: taken)
+    with pytest.raises(LabError, match=r"already used on this machine \(route 10.213.0.0/16 dev tun0\)"):
+        net.choose_subnets("vcl0", requested="10.213.0.0/24", other_labs={}, own_bridge="x")
+    with pytest.raises(LabError, match="no free pair"):
+        net.choose_subnets("vcl0", requested=None, other_labs={}, own_bridge="x")
+
+
+def test_inventory_has_the_project_format():
+    state = LabState(name="vcl0", lan="10.213.0.0/24", vm="10.213.1.0/24", bridge="vclbr-vcl0")
+    state.machines = machine_plan("vcl0", state.subnets, 2)
+    data = yaml.safe_load(render(state))
+    v = data["all"]["vars"]
+    assert v["lab_subnet"] == "10.213.0.0/24" and v["lab_gateway"] == "10.213.0.1"
+    assert v["lab_vm_subnet"] == "10.213.1.0/24" and v["lab_vm_gateway"] == "10.213.1.1"
+    assert v["lab_private_pool"] == "10.213.1.16-10.213.1.254"
+    assert v["lab_public_pool"] == "10.213.0.160-10.213.0.223"
+    assert v["lab_mac_prefix"] == "52:54:00" and v["lab_domain_type"] == "qemu"
+    assert v["lab_ntp_upstream"] == [] and v["lab_service_manager"] == "systemd"
+    assert v["ansible_user"] == "root"
+    assert v["ansible_ssh_private_key_file"].endswith("/vcl0/id_ed25519")
+    children = data["all"]["children"]
+    assert children["vcl_master"]["hosts"]["master"] == {
+        "ansible_host": "10.213.0.10",
+        "lab_address": "10.213.0.10/24",
+        "lab_uplink": "eth0",
+    }
+    assert list(children["vcl_slaves"]["hosts"]) == ["slave1", "slave2"]
+    assert children["vcl_slaves"]["hosts"]["slave2"]["ansible_host"] == "10.213.0.22"
+    assert children["vcl_clients"]["hosts"]["client"]["ansible_host"] == "10.213.0.50"
+
+
+def test_public_pool_does_not_overlap_hosts():
+    state = LabState(name="vcl0", lan="10.213.0.0/24", vm="10.213.1.0/24", bridge="b")
+    plan = machine_plan("vcl0", state.subnets, 29)
+    octets = {int(m.address.rsplit(".", 1)[1]) for m in plan.values()}
+    assert max(octets) < 160
+    with pytest.raises(LabError, match="--slaves"):
+        machine_plan("vcl0", state.subnets, 30)
+
+
+def test_a_missing_tool_names_its_package(monkeypatch):
+    import vcl_sched.lab._util as util
+
+    monkeypatch.setattr(util.shutil, "which", lambda tool, path=None: None)
+    with pytest.raises(LabError, match=r"apt-get install debootstrap systemd-container.*requirements/apt-lab.txt"):
+        require_tools("systemd-nspawn", "debootstrap")
+
+
+def test_cli_registers_under_the_main_command_and_keeps_global_json():
+    parser = argparse.ArgumentParser(prog="vcl")
+    parser.add_argument("--json", action="store_true")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["--json", "lab", "up", "--slaves", "3", "--name", "lab2"])
+    assert (args.json, args.slaves, args.name) == (True, 3, "lab2") and callable(args.func)
+    args = parser.parse_args(["lab", "status", "--json"])
+    assert args.json is True and args.name == "vcl0"
+    args = parser.parse_args(["lab", "down"])
+    assert args.json is False and callable(args.func)

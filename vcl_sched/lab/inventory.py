@@ -1,0 +1,105 @@
+"""The lab's Ansible inventory, in the project's inventory format (``inventory/lab/hosts.yml``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import yaml
+
+from vcl_sched.lab._util import write_file
+from vcl_sched.lab.state import DEFAULT_NAME, LabState
+
+PUBLIC_POOL = (160, 223)  # VMs' public addresses: aliases on the master's uplink, in the LAN
+PRIVATE_POOL = (16, 254)  # VMs' private addresses, on the VM network
+MAC_PREFIX = "52:54:00"
+
+
+def repo_root() -> Path | None:
+    """The checkout this package runs from (``VCL_REPO`` overrides), or None when installed elsewhere."""
+    env = os.environ.get("VCL_REPO")
+    if env:
+        return Path(env)
+    candidate = Path(__file__).resolve().parents[2]
+    if (candidate / "pyproject.toml").is_file() and (candidate / "vcl_sched").is_dir():
+        return candidate
+    return None
+
+
+def default_inventory_dir(name: str) -> Path:
+    """``<repo>/inventory/lab`` for the default lab; other labs keep theirs in their state directory,
+    so two labs never overwrite each other's inventory."""
+    root = repo_root()
+    if name == DEFAULT_NAME and root is not None:
+        return root / "inventory" / "lab"
+    from vcl_sched.lab.state import state_dir
+
+    return state_dir(name) / "inventory"
+
+
+def render(state: LabState) -> str:
+    sub = state.subnets
+    groups = {"vcl_master": [], "vcl_slaves": [], "vcl_clients": []}
+    for machine in state.machines.values():
+        groups[machine.group].append(machine)
+    lines = [
+        "# Written by `vcl lab up`: the simulated lab. Do not edit; `vcl lab down` removes it.",
+        "all:",
+        "  vars:",
+        f"    lab_name: {state.name}",
+        f"    lab_subnet: {sub.lan}          # the lab LAN: hosts' static addresses",
+        f"    lab_gateway: {sub.gateway}            # LAN gateway (the host bridge in the simulated lab)",
+        f"    lab_vm_subnet: {sub.vm}       # VMs' private network, served by the master's dhcpd",
+        f"    lab_vm_gateway: {sub.vm_host(1)}         # the master's address on the VM network (VMs' router)",
+        f"    lab_private_pool: {sub.vm_host(PRIVATE_POOL[0])}-{sub.vm_host(PRIVATE_POOL[1])}"
+        "   # VM private addresses (inclusive range)",
+        f"    lab_public_pool: {sub.host(PUBLIC_POOL[0])}-{sub.host(PUBLIC_POOL[1])}"
+        "   # VM public addresses: aliases on the master's uplink",
+        f'    lab_mac_prefix: "{MAC_PREFIX}"',
+        "    lab_domain_type: qemu              # no VT-x here; a real lab uses kvm",
+        "    lab_ntp_upstream: []               # the simulated lab has no internet",
+        "    lab_service_manager: systemd       # the nspawn machines run systemd as PID 1",
+        "    ansible_user: root",
+        f"    ansible_ssh_private_key_file: {state.key_file}",
+        '    ansible_ssh_common_args: "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"',
+        "  children:",
+    ]
+    for group, members in groups.items():
+        lines.append(f"    {group}:")
+        if not members:
+            lines.append("      hosts: {}")
+            continue
+        lines.append("      hosts:")
+        for m in members:
+            lines.append(
+                f"        {m.host}: {{ansible_host: {m.address}, lab_address: {m.address}/{sub.lan.prefixlen}, "
+                f"lab_uplink: {m.uplink}}}"
+            )
+    text = "\n".join(lines) + "\n"
+    yaml.safe_load(text)  # never write a file Ansible cannot read
+    return text
+
+
+def write(state: LabState, directory: Path) -> Path:
+    path = directory / "hosts.yml"
+    write_file(path, render(state))
+    return path
+
+
+def remove(state: LabState) -> list[str]:
+    """Remove the hosts.yml files this lab wrote (only if they still describe this lab)."""
+    removed = []
+    candidates = [*state.inventories, str(default_inventory_dir(state.name) / "hosts.yml")]
+    for name in dict.fromkeys(candidates):
+        path = Path(name)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("all", {}).get("vars", {}).get("lab_name") == state.name:
+            path.unlink()
+            removed.append(str(path))
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if empty
+    return removed

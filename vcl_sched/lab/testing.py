@@ -1,0 +1,136 @@
+"""Helpers for tests that drive a lab (tests/lab/conftest.py wraps them in fixtures).
+
+Kept in the package, not in a conftest, so any test directory (role tests, end-to-end tests)
+can import them: ``from vcl_sched.lab.testing import Lab, lab_up, run_playbook``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vcl_sched.lab import net
+from vcl_sched.lab import playbook as _playbook
+from vcl_sched.lab._util import STATE_ROOT, LabError
+from vcl_sched.lab.inventory import repo_root
+from vcl_sched.lab.machines import ssh_argv
+from vcl_sched.lab.playbook import Recap
+from vcl_sched.lab.state import LabState
+
+REPO = repo_root() or Path.cwd()
+
+
+def lab_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``python -m vcl_sched.lab.cli ARGS`` in a child process, as an admin runs `vcl lab ...`.
+
+    A child process, so the machines' systemd-nspawn processes are not children of the test run."""
+    return subprocess.run(
+        [sys.executable, "-m", "vcl_sched.lab.cli", *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class Lab:
+    """A running lab: its name, inventory, machines and ssh access."""
+
+    name: str
+    inventory: Path
+    key_file: Path
+    addresses: dict[str, str]  # host -> address
+    roles: dict[str, str]  # host -> master | slave | client
+    up_output: dict = field(default_factory=dict)
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.addresses)
+
+    def of_role(self, role: str) -> list[str]:
+        return [h for h, r in self.roles.items() if r == role]
+
+    def state(self) -> LabState:
+        state = LabState.load(self.name)
+        if state is None:
+            raise LabError(f"lab {self.name} has no state (is it up?)")
+        return state
+
+    def ssh(self, host: str, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a command on a machine as root over ssh (the path Ansible takes)."""
+        state = self.state()
+        argv = ssh_argv(state, state.machines[host], *command)
+        return subprocess.run(argv, text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    @classmethod
+    def from_status(cls, data: dict) -> Lab:
+        return cls(
+            name=data["name"],
+            inventory=Path(data["inventory"]),
+            key_file=Path(data["ssh_key"]),
+            addresses={m["name"]: m["address"] for m in data["machines"]},
+            roles={m["name"]: m["role"] for m in data["machines"]},
+            up_output=data,
+        )
+
+
+def lab_up(name: str, slaves: int = 2) -> Lab:
+    """`vcl lab up --name NAME --slaves N`; raise LabError with its output when it fails."""
+    proc = lab_cli("up", "--name", name, "--slaves", str(slaves), "--json")
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        data = {}
+    if proc.returncode != 0 or not data.get("ok"):
+        raise LabError(f"`vcl lab up --name {name}` failed (exit {proc.returncode}):\n{proc.stderr}\n{proc.stdout}")
+    return Lab.from_status(data)
+
+
+def lab_down(name: str) -> dict:
+    """`vcl lab down --name NAME --json` as a dict with its exit code under ``rc``."""
+    proc = lab_cli("down", "--name", name, "--json")
+    try:
+        return {"rc": proc.returncode, **json.loads(proc.stdout), "stderr": proc.stderr}
+    except ValueError:
+        return {"rc": proc.returncode, "ok": False, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def run_playbook(lab: Lab, playbook: str | os.PathLike[str], *extra_args: str, **kwargs) -> Recap:
+    """``ansible-playbook -i <lab inventory> PLAYBOOK EXTRA...`` from the repository root.
+
+    Returns the Recap: ``recap.hosts["master"].changed``, ``recap.failed``, ``recap.ok``, ``recap.stdout``."""
+    return _playbook.run_playbook(lab.inventory, playbook, *extra_args, cwd=REPO, **kwargs)
+
+
+def host_leftovers(name: str) -> list[str]:
+    """What the host still has of lab ``name``, read with the host's own tools (not the lab's code):
+    links, mounts, iptables rules, processes, cgroups, state directory."""
+    bridge = net.bridge_name(name)
+    veth_prefix = "vx-" + bridge.removeprefix("vclbr-") + "-"
+    state_dir = str(STATE_ROOT / name)
+    left: list[str] = []
+    links = subprocess.run(["ip", "-o", "link", "show"], text=True, capture_output=True, check=True).stdout
+    for line in links.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname == bridge or ifname.startswith(veth_prefix):
+            left.append(f"link: {line.strip()[:100]}")
+    mounts = subprocess.run(["mount"], text=True, capture_output=True, check=True).stdout
+    left += [f"mount: {m}" for m in mounts.splitlines() if state_dir + "/" in m]
+    rules = subprocess.run(["iptables", "-w", "-S"], text=True, capture_output=True, check=True).stdout
+    left += [f"iptables: {r}" for r in rules.splitlines() if bridge in r.split()]
+    procs = subprocess.run(["ps", "-eo", "pid=,stat=,args="], text=True, capture_output=True, check=True).stdout
+    for line in procs.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3 and state_dir + "/" in fields[2] and not fields[1].startswith("Z"):
+            left.append(f"process: {line.strip()[:120]}")
+    for hierarchy in ("systemd", "unified"):
+        left += [f"cgroup: {p}" for p in Path("/sys/fs/cgroup", hierarchy).glob(f"vcl-lab-{name}-*")]
+    if Path(state_dir).exists():
+        left.append(f"state: {state_dir}")
+    return left
