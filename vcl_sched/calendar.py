@@ -38,9 +38,16 @@ the existing bookings at their existing windows, which fit together with B (all 
 so B fits at its own window and keeps it. Pinning keeps the guarantee even when the pool has shrunk
 under the bookings: a new request never shuffles the bookings that outrank it.
 
-Fast path: if the new booking fits at its requested window beside every existing booking, the plan
-for ``s = new.start`` moves nothing (each booking's placed set is a subset of a feasible set), so
-:func:`admit` accepts it after one sweep over the day's bookings.
+Cost. :func:`admit` reads ``existing`` once to keep the new booking's day (pass only that day's
+bookings when you have them: the scan of 10,000 bookings is most of a fast decision). Then:
+
+- if the new booking fits at its requested window beside every existing booking, the plan for
+  ``s = new.start`` moves nothing (each booking's placed set is a subset of a feasible set), so it is
+  accepted after one O(k log k) sweep over the day, and the same shortcut applies to later candidates;
+- within a plan, a movable booking that meets none of the windows the plan added keeps its window
+  unchecked (same subset argument), so only the conflicting part of the day costs profile updates;
+- a candidate whose landing cannot succeed by counting core-time (``_Planner.cannot_fit``) fails
+  without placing anyone. All three shortcuts give exactly the answer the full plan would.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 
 from vcl_sched.errors import ValidationError
 from vcl_sched.priority import same_priority, service_order_key
@@ -90,9 +97,7 @@ class BookingPolicy:
         if self.day_start >= self.day_end:
             raise ValidationError("booking.day_end", f"must be after day_start {self.day_start:%H:%M}")
         if not _is_real(self.max_hours) or not math.isfinite(self.max_hours) or self.max_hours <= 0:
-            raise ValidationError(
-                "booking.max_hours", f"must be a finite number of hours > 0, got {self.max_hours!r}"
-            )
+            raise ValidationError("booking.max_hours", f"must be a finite number of hours > 0, got {self.max_hours!r}")
         if not isinstance(self.move_step, timedelta) or self.move_step <= timedelta(0):
             raise ValidationError("booking.move_step", f"must be a positive duration, got {self.move_step!r}")
 
@@ -175,10 +180,7 @@ def _outside_day_hours(start: datetime, end: datetime, policy: BookingPolicy) ->
     """Why ``[start, end)`` is not inside the bookable hours of ``start``'s day, or None."""
     opens, closes = policy.day_bounds(start.date())
     if start < opens or end > closes:
-        return (
-            f"{_hm(start)}–{_hm(end)} must lie between {_hm(policy.day_start)} and "
-            f"{_hm(policy.day_end)} on one day"
-        )
+        return f"{_hm(start)}–{_hm(end)} must lie between {_hm(policy.day_start)} and {_hm(policy.day_end)} on one day"
     return None
 
 
@@ -202,9 +204,7 @@ def check_request_policy(start: datetime, hours: float, now: datetime, policy: B
         raise ValidationError("start", f"{start:%Y-%m-%d %H:%M} is in the past")
     last = now.date() + timedelta(days=policy.horizon_days)
     if start.date() > last:
-        raise ValidationError(
-            "start", f"no later than {last.isoformat()} ({policy.horizon_days}-day horizon)"
-        )
+        raise ValidationError("start", f"no later than {last.isoformat()} ({policy.horizon_days}-day horizon)")
     outside = _outside_day_hours(start, start + timedelta(hours=hours), policy)
     if outside:
         raise ValidationError("start", outside)
@@ -218,18 +218,16 @@ def peak_cores(bookings: Iterable[Booking], start: datetime, end: datetime) -> i
 
     A sweep over start/end events, O(k log k); at equal times ends sort before starts (negative
     deltas first), which is what half-open windows mean: back-to-back bookings do not overlap.
+    Levels never go below 0, so the running maximum needs no floor.
     """
-    events: list[tuple[datetime, int]] = []
-    for b in bookings:
-        if b.start < end and b.end > start:
-            events.append((max(b.start, start), b.cores))
-            events.append((b.end, -b.cores))
+    if not start < end:
+        return 0
+    overlapping = [b for b in bookings if b.start < end and b.end > start]
+    # Ends at or after ``end`` cannot raise the peak (every start inside is earlier), so drop them.
+    events = [(b.start if b.start > start else start, b.cores) for b in overlapping]
+    events += [(b.end, -b.cores) for b in overlapping if b.end < end]
     events.sort()
-    peak = level = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak
+    return max(accumulate(delta for _, delta in events), default=0)
 
 
 class _Profile:
@@ -261,18 +259,30 @@ class _Profile:
         first = max(bisect_right(self.times, start) - 1, 0)
         return max(self.levels[first : bisect_left(self.times, end)], default=0)
 
-    def add(self, start: datetime, end: datetime, cores: int) -> None:
-        i = self._split(start)
-        j = self._split(end)
-        self.levels[i:j] = [level + cores for level in self.levels[i:j]]
+    def add(self, start: Any, end: Any, cores: int) -> None:
+        times, levels = self.times, self.levels
+        i = bisect_left(times, start)
+        if i == len(times) or times[i] != start:  # split the segment holding ``start``
+            times.insert(i, start)
+            levels.insert(i, levels[i - 1] if i else 0)
+        j = bisect_left(times, end, i)
+        if j == len(times) or times[j] != end:  # j > i here, so levels[j - 1] exists
+            times.insert(j, end)
+            levels.insert(j, levels[j - 1])
+        levels[i:j] = [level + cores for level in levels[i:j]]
 
-    def _split(self, moment: datetime) -> int:
-        """Index of a breakpoint at ``moment``, inserting one (same level) if needed."""
-        i = bisect_left(self.times, moment)
-        if i == len(self.times) or self.times[i] != moment:
-            self.times.insert(i, moment)
-            self.levels.insert(i, self.levels[i - 1] if i else 0)
-        return i
+    def integral(self, start: Any, end: Any) -> int:
+        """Core-time (cores × time units) reserved over ``[start, end)``."""
+        i = max(bisect_right(self.times, start) - 1, 0)
+        total = 0
+        for k in range(i, len(self.times) - 1):
+            lo, hi = max(self.times[k], start), min(self.times[k + 1], end)
+            if hi <= lo:
+                if self.times[k] >= end:
+                    break
+                continue
+            total += self.levels[k] * (hi - lo)
+        return total
 
     def busiest(self, start: datetime, end: datetime) -> tuple[int, datetime, datetime]:
         """The highest level in ``[start, end)`` and the first maximal run of time it holds."""
@@ -318,127 +328,240 @@ def _why_outranks(new: Booking, other: Booking) -> str:
     return f"priority {_fmt_priorities(new.priority, other.priority)}"
 
 
+_TICK = timedelta(microseconds=1)  # the planner's unit: exact integer times, fast to compare
+
+
+class _Slot(NamedTuple):
+    """A booking of the planned day, its times as integer microseconds since that day's midnight.
+
+    A NamedTuple rather than a frozen dataclass: planning builds hundreds per call, and a tuple is
+    several times cheaper to construct.
+    """
+
+    booking: Booking
+    cores: int
+    start: int
+    end: int
+    opens: int  # day_start of the booking's own day: a moved window may not start earlier
+    closes: int  # day_end of the booking's own day: a moved window may not end later
+    may_move: bool  # duration and date allow a moved window at all (they never change with a move)
+
+
 @dataclass(frozen=True)
 class _Plan:
     """One plan: where the new booking landed, the moves made, and the booking that did not fit."""
 
-    landed: datetime | None  # None: the new booking has no window within policy from the candidate
-    moved: tuple[tuple[Booking, datetime], ...] = ()
+    landed: int | None  # None: the new booking has no window within policy from the candidate
+    moved: tuple[tuple[_Slot, int], ...] = ()
     blocked: Booking | None = None  # a movable booking with no window within policy: plan failed
+    hopeless: bool = False  # failed without trying: the core-time bound rules out this landing
+
+    @property
+    def succeeded(self) -> bool:
+        return self.landed is not None and self.blocked is None and not self.hopeless
 
 
 class _Planner:
     """The plans of one :func:`admit` call; only the new booking's day takes part."""
 
-    def __init__(
-        self, new: Booking, day: list[Booking], capacity: int, now: datetime, policy: BookingPolicy
-    ) -> None:
-        self.new, self.day, self.capacity, self.now, self.policy = new, day, capacity, now, policy
-        new_order = _order(new)
-        pinned: list[Booking] = []
-        self.movable: list[Booking] = []
-        for b in sorted(day, key=_order):  # stable: equal keys keep the caller's order
-            if b.fixed or b.start <= now or _order(b) <= new_order:
-                pinned.append(b)
-            else:
-                self.movable.append(b)
-        self.pinned_lower_fixed = any(_order(b) > new_order for b in pinned)
-        self.base = _Profile.of((b.start, b.end, b.cores) for b in pinned)
+    def __init__(self, new: Booking, day: list[Booking], capacity: int, now: datetime, policy: BookingPolicy) -> None:
+        self.capacity, self.policy = capacity, policy
+        self.midnight = datetime.combine(new.start.date(), time.min)
+        self.step = policy.move_step // _TICK
+        self.max_duration = timedelta(hours=policy.max_hours)
         self.horizon = now.date() + timedelta(days=policy.horizon_days)
+        self._bounds: dict[date, tuple[int, int]] = {}
+        # Bookings share a handful of start and end times: convert each distinct one once.
+        moments = {new.start, new.end, *(b.start for b in day), *(b.end for b in day)}
+        self._ticks = {moment: (moment - self.midnight) // _TICK for moment in moments}
+        ticks = self._ticks
+        self.new = self._slot(new)
+        self.new_order = _order(new)
+        pinned: list[tuple[int, int, int]] = []
+        movable: list[tuple[tuple[float, int, int], int, Booking]] = []
+        self.pinned_lower_fixed = False
+        for i, b in enumerate(day):
+            if self._outranks_new(b):
+                pinned.append((ticks[b.start], ticks[b.end], b.cores))
+            elif b.fixed or b.start <= now:
+                pinned.append((ticks[b.start], ticks[b.end], b.cores))
+                self.pinned_lower_fixed = True
+            else:
+                movable.append((_order(b), i, b))  # i: equal keys keep the caller's order
+        movable.sort()
+        self.movable = [self._slot(b) for _, _, b in movable]
+        self.everyone = _Profile.of([*pinned, *((m.start, m.end, m.cores) for m in self.movable)])
+        self.base = _Profile.of(pinned)
+        self.within_capacity = max(self.everyone.levels, default=0) <= capacity
 
-    def _may_move(self, b: Booking) -> bool:
-        """Whether ``b``'s window may change at all: same duration and date, so check them once."""
-        return b.end - b.start <= timedelta(hours=self.policy.max_hours) and b.start.date() <= self.horizon
+    def _outranks_new(self, b: Booking) -> bool:
+        """Whether ``b`` comes before the new booking in service order (it then stays put).
 
-    def _earliest(self, profile: _Profile, b: Booking, start_from: datetime) -> datetime | None:
-        """Earliest start ``>= start_from`` on ``b``'s grid where ``b`` fits, or None within policy.
-
-        ``b``'s current window needs no policy check (it was accepted); any other window must end by
-        ``day_end`` of the same day and start no earlier than ``day_start``.
+        Priorities more than 1e-6 apart compare the same raw or rounded, so the rounding inside
+        service_order_key (slow for floats) is only paid near a tie.
         """
-        duration, step = b.end - b.start, self.policy.move_step
-        opens, closes = self.policy.day_bounds(b.start.date())
-        may_move = self._may_move(b)
-        t = start_from
-        while True:
-            moved = t != b.start
-            if moved and (not may_move or t + duration > closes):
-                return None
-            if (not moved or t >= opens) and profile.peak(t, t + duration) + b.cores <= self.capacity:
-                return t
-            t += step
+        gap = b.priority - self.new.booking.priority
+        if gap > 1e-6 or gap < -1e-6:
+            return gap > 0
+        return _order(b) <= self.new_order
 
-    def plan(self, s: datetime) -> _Plan:
+    def _slot(self, b: Booking) -> _Slot:
+        day = b.start.date()
+        if day not in self._bounds:
+            opens, closes = self.policy.day_bounds(day)
+            self._bounds[day] = (self._tick(opens), self._tick(closes))
+        opens_tick, closes_tick = self._bounds[day]
+        may_move = b.end - b.start <= self.max_duration and day <= self.horizon
+        # tuple.__new__ skips NamedTuple's Python-level __new__, which costs more than the rest of this.
+        ticks = self._ticks
+        return tuple.__new__(_Slot, (b, b.cores, ticks[b.start], ticks[b.end], opens_tick, closes_tick, may_move))
+
+    def _tick(self, moment: datetime) -> int:
+        return (moment - self.midnight) // _TICK
+
+    def _time(self, tick: int) -> datetime:
+        return self.midnight + tick * _TICK
+
+    def _earliest(self, profile: _Profile, slot: _Slot, start_from: int) -> int | None:
+        """Earliest start ``>= start_from`` on the slot's step grid where it fits, or None.
+
+        The slot's current window needs no policy check (it was accepted, or checked as a request);
+        any other window must lie within the day hours of the same day. Once a window ends past
+        ``closes`` every later one does too, so the search stops there.
+        """
+        duration, room, t = slot.end - slot.start, self.capacity - slot.cores, start_from
+        while True:
+            moved = t != slot.start
+            if moved and (not slot.may_move or t + duration > slot.closes):
+                return None
+            if (not moved or t >= slot.opens) and profile.peak(t, t + duration) <= room:
+                return t
+            t += self.step
+
+    def plan(self, s: int, *, find_blocker: bool = False) -> _Plan:
+        """Place the new booking from candidate ``s``, then every movable booking in service order.
+
+        When the day is within capacity (the usual case), a movable booking whose window meets no
+        window added in this plan (the new booking's, or a moved one's new window) keeps its window
+        without a check: everything placed before it over its window is a subset of the current
+        calendar, which fits. Such bookings wait in ``pending`` and enter the profile only when a
+        later booking needs a check, so a plan where nothing conflicts costs one pass over the day.
+        On an over-capacity day every booking is checked.
+
+        Unless ``find_blocker`` asks which booking stops the plan (for the reason text), a landing
+        that :meth:`cannot_fit` rules out fails without placing anyone.
+        """
         profile = self.base.copy()
         new = self.new
         landed = self._earliest(profile, new, s)
         if landed is None:
             return _Plan(None)
-        profile.add(landed, landed + (new.end - new.start), new.cores)
-        moved: list[tuple[Booking, datetime]] = []
-        for b in self.movable:
-            t = self._earliest(profile, b, b.start)
+        new_end = landed + new.end - new.start
+        if self.within_capacity and self.everyone.peak(landed, new_end) + new.cores <= self.capacity:
+            return _Plan(landed)  # fits beside everyone as they are: as in admit()'s fast path, nobody moves
+        if not find_blocker and self.cannot_fit(landed):
+            return _Plan(landed, hopeless=True)
+        profile.add(landed, new_end, new.cores)
+        added = [(landed, new_end)]
+        span_lo, span_hi = landed, new_end  # bounds of ``added``: most bookings fall outside
+        pending: list[_Slot] = []
+        moved: list[tuple[_Slot, int]] = []
+        peak, add, capacity, lazy = profile.peak, profile.add, self.capacity, self.within_capacity
+        for slot in self.movable:
+            start, end, cores = slot.start, slot.end, slot.cores
+            if lazy and (end <= span_lo or start >= span_hi or not any(start < hi and end > lo for lo, hi in added)):
+                pending.append(slot)
+                continue
+            for waiting in pending:  # they are placed already; the profile must show them now
+                add(waiting.start, waiting.end, waiting.cores)
+            pending.clear()
+            if peak(start, end) + cores <= capacity:
+                add(start, end, cores)
+                continue
+            t = self._earliest(profile, slot, start + self.step)
             if t is None:
-                return _Plan(landed, tuple(moved), b)
-            profile.add(t, t + (b.end - b.start), b.cores)
-            if t != b.start:
-                moved.append((b, t))
+                return _Plan(landed, tuple(moved), slot.booking)
+            add(t, t + end - start, cores)
+            added.append((t, t + end - start))
+            span_lo, span_hi = min(span_lo, t), max(span_hi, t + end - start)
+            moved.append((slot, t))
         return _Plan(landed, tuple(moved))
 
+    def cannot_fit(self, landed: int) -> bool:
+        """True when no plan with the new booking at ``landed`` can succeed, by counting core-time.
+
+        Take A = [a, day_end) for any ``a`` up to ``landed``. A booking moved later but still ending by
+        day_end overlaps A at least as much as before, pinned ones do not move, and the new booking
+        lies wholly in A, so a successful plan holds at least the calendar's current core-time in A
+        plus the new booking's. More than ``capacity`` × |A| cannot fit, so the plan would fail anyway.
+        """
+        z = self.new.closes
+        surplus = self.new.cores * (self.new.end - self.new.start) - self.capacity * (z - landed)
+        surplus += self.everyone.integral(landed, z)
+        if surplus > 0:
+            return True
+        # Widen A leftwards one segment at a time; it only helps while the calendar is over capacity.
+        times, levels = self.everyone.times, self.everyone.levels
+        i = bisect_right(times, landed) - 1
+        edge = landed
+        while i >= 0:
+            surplus += (levels[i] - self.capacity) * (edge - times[i])
+            if surplus > 0:
+                return True
+            edge, i = times[i], i - 1
+        return False
+
     def decide(self) -> Admission:
-        first: _Plan | None = None
-        s = self.new.start
-        while True:
-            plan = self.plan(s)
-            if first is None:
-                first = plan
-            if plan.landed is None:
-                return self._refused(first)
-            if plan.blocked is None:
-                return self._accepted(plan, first)
-            s = plan.landed + self.policy.move_step
+        first = plan = self.plan(self.new.start, find_blocker=True)
+        while plan.landed is not None and not plan.succeeded:
+            plan = self.plan(plan.landed + self.step)
+        if plan.landed is None:
+            return self._refused(first)
+        return self._accepted(plan, first)
 
     def _accepted(self, plan: _Plan, first: _Plan) -> Admission:
         new = self.new
-        assert plan.landed is not None and first.landed is not None
-        moves = tuple(self._move(b, t) for b, t in plan.moved)
+        assert plan.landed is not None
+        start = self._time(plan.landed)
         reason = ""
         if plan.landed != new.start:
-            reason = f"moved from {_hm(new.start)} to {_hm(plan.landed)}: "
+            reason = f"moved from {_hm(new.booking.start)} to {_hm(start)}: "
             if first.landed != new.start:
                 whom = "higher-priority or fixed" if self.pinned_lower_fixed else "higher-priority"
                 peak = self.base.peak(new.start, new.end)
                 reason += f"{peak} of {self.capacity} cores reserved by {whom} bookings"
             else:
                 reason += self._blocked_text(first)
-        return Admission(True, plan.landed, plan.landed + (new.end - new.start), moves, reason)
+        moves = tuple(self._move(slot, t) for slot, t in plan.moved)
+        return Admission(True, start, start + (new.booking.end - new.booking.start), moves, reason)
 
-    def _move(self, b: Booking, new_start: datetime) -> Move:
-        why = f"for reservation {self.new.id} ({_why_outranks(self.new, b)})"
+    def _move(self, slot: _Slot, new_start: int) -> Move:
+        b, new = slot.booking, self.new.booking
+        start = self._time(new_start)
+        why = f"for reservation {new.id} ({_why_outranks(new, b)})"
         return Move(
             b.id,
             b.start,
             b.end,
-            new_start,
-            new_start + (b.end - b.start),
-            f"moved {_fmt_delta(new_start - b.start)} later {why}",
+            start,
+            start + (b.end - b.start),
+            f"moved {_fmt_delta(start - b.start)} later {why}",
         )
 
     def _blocked_text(self, plan: _Plan) -> str:
         assert plan.blocked is not None and plan.landed is not None
         return (
             f"lower-priority reservation {plan.blocked.id} could not move later within policy "
-            f"to make room at {_hm(plan.landed)}"
+            f"to make room at {_hm(self._time(plan.landed))}"
         )
 
     def _refused(self, first: _Plan) -> Admission:
         new = self.new
-        _, closes = self.policy.day_bounds(new.start.date())
-        everyone = _Profile.of((b.start, b.end, b.cores) for b in self.day)
-        peak, since, until = everyone.busiest(new.start, max(closes, new.end))
+        peak, since, until = self.everyone.busiest(new.start, max(new.closes, new.end))
         reason = (
             f"no window within policy: {peak} of {self.capacity} cores reserved "
-            f"{_hm(since)}–{_hm(until)} on {new.start.date().isoformat()} (needs {new.cores})"
+            f"{_hm(self._time(since))}–{_hm(self._time(until))} on {self.midnight.date().isoformat()} "
+            f"(needs {new.cores})"
         )
         if first.blocked is not None:
             reason += f"; {self._blocked_text(first)}"
@@ -454,9 +577,7 @@ def _check_new(new: Booking, capacity: int, now: datetime, policy: BookingPolicy
     check_request_policy(new.start, (new.end - new.start) / HOUR, now, policy)
 
 
-def admit(
-    new: Booking, existing: Sequence[Booking], capacity: int, now: datetime, policy: BookingPolicy
-) -> Admission:
+def admit(new: Booking, existing: Sequence[Booking], capacity: int, now: datetime, policy: BookingPolicy) -> Admission:
     """Decide whether ``new`` can be booked over a pool of ``capacity`` cores; see the module docs.
 
     Raises ValidationError for a malformed request (``cores`` < 1, ``end`` not after ``start``, or a

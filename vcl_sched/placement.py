@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -213,18 +214,32 @@ class PlacementIndex:
     def get(self, slave_id: int) -> SlaveState:
         return self._slaves[slave_id]
 
-    def place(self, demand: Demand) -> Placement:
+    def place(self, demand: Demand, rng: random.Random | None = None, ties: int = 64) -> Placement:
+        """The best slave for ``demand``; ties go to the lowest id, or with ``rng`` to a random one
+        of up to ``ties`` equally good slaves (writers that share a pool then rarely collide)."""
         keys = self._keys
         start = 0
         if self.policy.start_key is not None:
             start = bisect.bisect_left(keys, self.policy.start_key(demand))
         slaves = self._slaves
         cores, ram, disk = demand.cores, demand.ram_mb, demand.disk_gb
+        tied: list[SlaveState] = []
+        tied_at = start
         for i in range(start, len(keys)):
             s = slaves[keys[i][-1]]
+            if tied and keys[i][:-2] != keys[tied_at][:-2]:
+                break
             if (s.cores_total - s.cores_used >= cores and s.ram_mb_total - s.ram_mb_used >= ram
                     and s.disk_gb_total - s.disk_gb_used >= disk):
-                return Placement(s, self.policy.name)
+                if rng is None:
+                    return Placement(s, self.policy.name)
+                if not tied:
+                    tied_at = i
+                tied.append(s)
+                if len(tied) >= ties:
+                    break
+        if tied:
+            return Placement(rng.choice(tied) if rng is not None else tied[0], self.policy.name)
         # Not placed: the full pipeline explains why (rare, and worth the cost).
         return place(self._slaves.values(), demand, self.policy)
 

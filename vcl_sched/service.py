@@ -612,8 +612,8 @@ def _running_be(session: Session) -> list[preempt.RunningVM]:
 
 
 @dataclass
-class _BestEffort:
-    """What a best-effort request decided on a snapshot, for the short write that applies it."""
+class ClaimPlan:
+    """A decided best-effort request, for the short write that applies it (``commit_claim``)."""
 
     answer: dict[str, Any]
     group_id: int
@@ -653,8 +653,8 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
         if dry_run:
             return plan.answer
         try:
-            return db.write(lambda s, plan=plan: _apply_best_effort(s, plan), url, retry_races=False)
-        except db.RetryTransaction:
+            return commit_claim(plan, url)
+        except StaleClaim:
             continue
     raise CapacityError("the slaves kept changing under this request: gave up after 50 attempts")
 
@@ -662,7 +662,7 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
 def _decide_best_effort(session: Session, owner: str, cores_n: int, ram_n: int, disk_n: int | None, hours: Any,
                         platform_value: Any, register_as_slave: Any, member: Any, image: str | None,
                         user_name: str | None, dry_run: bool, tie_break: str, rng: random.Random,
-                        explain: bool = True) -> _BestEffort:
+                        explain: bool = True) -> ClaimPlan:
     settings = db.load_settings(session)
     hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
@@ -675,7 +675,7 @@ def _decide_best_effort(session: Session, owner: str, cores_n: int, ram_n: int, 
     answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
                               "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
                               "register_as_slave": inputs.register_as_slave, "id": None}
-    plan = _BestEffort(answer, group.id, img.id if img else None, user_name, demand, pi, settings.decline_limit,
+    plan = ClaimPlan(answer, group.id, img.id if img else None, user_name, demand, pi, settings.decline_limit,
                        settings.mac_prefix)
     # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores now,
     # but placement and preemption deal with them, and a starting reservation suspends BE VMs.
@@ -703,7 +703,28 @@ def _decide_best_effort(session: Session, owner: str, cores_n: int, ram_n: int, 
     return plan
 
 
-def _apply_best_effort(session: Session, plan: _BestEffort) -> dict[str, Any]:
+StaleClaim = db.RetryTransaction
+
+
+def new_claim_plan(slave: placement.SlaveState, demand: placement.Demand, *, group_id: int, priority: float,
+                   ends: datetime, mac_prefix: str = config.DEFAULT_MAC_PREFIX, register_as_slave: int = 0,
+                   image_id: int | None = None) -> ClaimPlan:
+    """A claim decided elsewhere (the dispatcher's in-memory PlacementIndex): ``slave`` carries
+    the generation the decision saw."""
+    answer = {"kind": "BE", "priority": round(priority, 6), "cores": demand.cores, "ram_mb": demand.ram_mb,
+              "disk_gb": demand.disk_gb, "register_as_slave": register_as_slave, "id": None, "state": "pending",
+              "decision": "place", "slave": slave.name, "ends_at": iso(ends), "reason": "", "dry_run": False}
+    return ClaimPlan(answer, group_id, image_id, None, demand, priority, 0, mac_prefix, slave, ends)
+
+
+def commit_claim(plan: ClaimPlan, url: str | None = None) -> dict[str, Any]:
+    """Apply a decided request in one transaction: the slave's cores, RAM and disk by compare-and-swap
+    on its generation, an address pair and a MAC, the instance row and its audit row. Raises
+    ``StaleClaim`` when the slave changed since the decision: decide again on fresh state."""
+    return db.write(lambda s: _apply_best_effort(s, plan), url, retry_races=False)
+
+
+def _apply_best_effort(session: Session, plan: ClaimPlan) -> dict[str, Any]:
     answer = dict(plan.answer)
     now = config.now()
     user_id = None
