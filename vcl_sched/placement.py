@@ -223,23 +223,27 @@ class PlacementIndex:
             start = bisect.bisect_left(keys, self.policy.start_key(demand))
         slaves = self._slaves
         cores, ram, disk = demand.cores, demand.ram_mb, demand.disk_gb
-        tied: list[SlaveState] = []
-        tied_at = start
-        for i in range(start, len(keys)):
-            s = slaves[keys[i][-1]]
-            if tied and keys[i][:-2] != keys[tied_at][:-2]:
-                break
-            if (s.cores_total - s.cores_used >= cores and s.ram_mb_total - s.ram_mb_used >= ram
-                    and s.disk_gb_total - s.disk_gb_used >= disk):
-                if rng is None:
+        if rng is None:  # the hot path: the first slave in policy order that fits
+            for i in range(start, len(keys)):
+                s = slaves[keys[i][-1]]
+                if (s.cores_total - s.cores_used >= cores and s.ram_mb_total - s.ram_mb_used >= ram
+                        and s.disk_gb_total - s.disk_gb_used >= disk):
                     return Placement(s, self.policy.name)
-                if not tied:
-                    tied_at = i
-                tied.append(s)
-                if len(tied) >= ties:
-                    break
-        if tied:
-            return Placement(rng.choice(tied) if rng is not None else tied[0], self.policy.name)
+        else:
+            tied: list[SlaveState] = []
+            best_key: tuple | None = None
+            for i in range(start, len(keys)):
+                if best_key is not None and keys[i][:-2] != best_key:
+                    break  # past the equally good slaves
+                s = slaves[keys[i][-1]]
+                if (s.cores_total - s.cores_used >= cores and s.ram_mb_total - s.ram_mb_used >= ram
+                        and s.disk_gb_total - s.disk_gb_used >= disk):
+                    best_key = keys[i][:-2]
+                    tied.append(s)
+                    if len(tied) >= ties:
+                        break
+            if tied:
+                return Placement(rng.choice(tied), self.policy.name)
         # Not placed: the full pipeline explains why (rare, and worth the cost).
         return place(self._slaves.values(), demand, self.policy)
 

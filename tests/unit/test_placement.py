@@ -141,3 +141,15 @@ def test_index_decides_exactly_like_the_reference_pipeline(raw_slaves, demands, 
 def vars_of(s: SlaveState):
     return (s.id, s.name, s.cores_total, s.ram_mb_total, s.disk_gb_total, s.cores_used, s.ram_mb_used,
             s.disk_gb_used, s.status, s.generation)
+
+
+def test_random_tie_break_only_picks_among_the_equally_good():
+    import random
+
+    slaves = [fake(1, used=2), fake(2, used=1), fake(3, used=1), fake(4, used=1, ram_used=16384), fake(5, used=0,
+                                                                                                      cores=1)]
+    index = PlacementIndex(slaves, "spread")
+    rng = random.Random(3)
+    picks = {index.place(Demand(2, 512), rng).slave.id for _ in range(200)}
+    assert picks == {2, 3}  # s5 has too few cores, s4 no RAM, s1 is more loaded
+    assert index.place(Demand(2, 512)).slave.id == 2  # without rng: the lowest id
