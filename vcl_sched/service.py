@@ -110,6 +110,15 @@ def audit(session: Session, obj_type: str, obj_id: int, action: str, before: dic
         "after": json.dumps(after, default=str, sort_keys=True) if after is not None else None}])
 
 
+def _create(session: Session, obj: Any, kind: str, to_row: Any) -> dict[str, Any]:
+    """Insert ``obj``, audit its creation, and return its row as the command prints it."""
+    session.add(obj)
+    session.flush()
+    row = to_row(obj)
+    audit(session, kind, obj.id, "create", None, row)
+    return row
+
+
 def _group(session: Session, name: str, field: str = "owner") -> Group:
     group = session.scalar(select(Group).where(Group.name == name))
     if group is None:
@@ -257,11 +266,7 @@ def add_image(name: str, disk_file: str, *, description: str = "", kernel: str |
             raise ConflictError(f"name: an image named {name!r} exists already")
         image = Image(name=name, description=description, disk_file=disk_file, kernel=kernel, ramdisk=ramdisk,
                       cmdline=cmdline, created_at=config.now(), **values)
-        session.add(image)
-        session.flush()
-        row = _image_row(image)
-        audit(session, "image", image.id, "create", None, row)
-        return row
+        return _create(session, image, "image", _image_row)
 
     return db.write(apply, url)
 
@@ -308,11 +313,7 @@ def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, st
         now = config.now()
         slave = Slave(name=name, address=address, status=state, generation=0, joined_at=now, updated_at=now,
                       cores_used=0, ram_mb_used=0, disk_gb_used=0, **capacity)
-        session.add(slave)
-        session.flush()
-        row = _slave_row(slave)
-        audit(session, "slave", slave.id, "create", None, row)
-        return row
+        return _create(session, slave, "slave", _slave_row)
 
     return db.write(apply, url)
 
