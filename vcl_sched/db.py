@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -78,10 +78,6 @@ def _engine(url: str) -> Engine:
 
 def engine(url: str | None = None) -> Engine:
     return _engine(url or config.db_url())
-
-
-def is_sqlite(eng: Engine) -> bool:
-    return eng.dialect.name == "sqlite"
 
 
 @contextmanager
@@ -239,7 +235,3 @@ def require_schema(url: str | None = None) -> None:
                        " run `vcl db upgrade`")
     _schema_ok.add(url)
 
-
-def ping(url: str | None = None) -> None:
-    with engine(url).connect() as conn:
-        conn.execute(text("SELECT 1"))

@@ -410,6 +410,10 @@ def slave_states(session: Session) -> list[placement.SlaveState]:
     return [_state(r) for r in session.execute(select(*_SLAVE_COLUMNS).order_by(Slave.id))]
 
 
+def slave_state(session: Session, slave_id: int) -> placement.SlaveState:
+    return _state(session.execute(select(*_SLAVE_COLUMNS).where(Slave.id == slave_id)).one())
+
+
 def filter_counts(session: Session, demand: placement.Demand) -> tuple[tuple[str, int], ...]:
     """The filter cascade's counts (as placement.run_filters reports them), in one aggregate query."""
     row = session.connection().execute(_FILTER_COUNTS, _demand_params(demand)).one()
@@ -801,7 +805,7 @@ def set_suspended(instance_id: Any, suspended: bool, url: str | None = None) -> 
         want_from = InstanceState.RUNNING if suspended else InstanceState.SUSPENDED
         if inst.state != want_from and not (suspended and inst.state == InstanceState.PENDING):
             raise ConflictError(f"id: instance {iid} is {inst.state}, not {want_from}")
-        slave = next(s for s in slave_states(session) if s.id == inst.slave_id)
+        slave = slave_state(session, inst.slave_id)
         demand = placement.Demand(inst.cores, inst.ram_mb, 0)
         if suspended:
             release_slave(session, slave.id, inst.cores, inst.ram_mb, 0)
