@@ -47,6 +47,12 @@ BASE_PACKAGES: tuple[str, ...] = (
     "kmod",
     "ca-certificates",
     "netcat-openbsd",
+    # nat role: netfilter-persistent restores the saved rules when the firewall service restarts.
+    "iptables-persistent",
+    # vcl_master role: the vcl package goes into a venv on the master from a controller-built wheelhouse.
+    "python3-venv",
+    # launches copy images from the master's image store into the slaves' caches.
+    "rsync",
 )
 
 #: The slaves' layer: libvirt + QEMU (software emulation), installed without recommends
