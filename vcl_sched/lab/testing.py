@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from vcl_sched.lab import playbook as _playbook
 from vcl_sched.lab._util import STATE_ROOT, LabError
 from vcl_sched.lab.inventory import repo_root
 from vcl_sched.lab.machines import ssh_argv
-from vcl_sched.lab.playbook import Recap
+from vcl_sched.lab.playbook import HostRecap, Recap, parse_recap
 from vcl_sched.lab.state import LabState
 
 REPO = repo_root() or Path.cwd()
@@ -134,3 +136,77 @@ def host_leftovers(name: str) -> list[str]:
     if Path(state_dir).exists():
         left.append(f"state: {state_dir}")
     return left
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class MoleculeRun:
+    """One `molecule test` run: exit code, output (no colours) and the PLAY RECAP of each step."""
+
+    rc: int
+    output: str
+    scenario: str
+    steps: dict[str, dict[str, HostRecap]] = field(default_factory=dict)
+
+    def step(self, name: str) -> dict[str, HostRecap]:
+        assert name in self.steps, f"molecule never ran the {name} step:\n{self.output}"
+        return self.steps[name]
+
+    def succeeded(self, name: str) -> bool:
+        return re.search(rf"\[{re.escape(self.scenario)} > {name}\] Executed: Successful", self.output) is not None
+
+
+def molecule_executable() -> str:
+    """molecule next to this Python (the project's venv), else on PATH."""
+    beside = Path(sys.executable).parent / "molecule"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("molecule")
+    if found is None:
+        raise LabError(
+            "molecule is not installed: it is pinned in the `dev` extra of pyproject.toml; run "
+            "`.venv/bin/pip install -e '.[postgresql,libvirt,dev]'` (scripts/setup.sh does it)."
+        )
+    return found
+
+
+def molecule_env(lab: Lab, ephemeral: Path) -> dict[str, str]:
+    """The environment molecule runs in: this venv's Ansible first on PATH, the lab's inventory
+    (VCL_LAB_INVENTORY), a per-run ephemeral directory, no colours, nothing MOLECULE_* from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOLECULE_") and k != "ANSIBLE_CONFIG"}
+    env.update(
+        {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            "VCL_LAB_INVENTORY": str(lab.inventory),
+            "VCL_REPO": str(REPO),
+            "MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",  # the recap format parse_recap reads
+            "NO_COLOR": "1",
+            "PY_COLORS": "0",
+        }
+    )
+    return env
+
+
+def run_molecule(
+    lab: Lab, project: Path, ephemeral: Path, scenario: str = "default", timeout: float = 1200
+) -> MoleculeRun:
+    """`molecule test --scenario-name SCENARIO` in PROJECT (a role directory) against the lab's machines."""
+    proc = subprocess.run(
+        [molecule_executable(), "test", "--scenario-name", scenario],
+        cwd=project, env=molecule_env(lab, ephemeral),
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout,
+    )  # fmt: skip
+    output = _ANSI.sub("", proc.stdout)
+    run = MoleculeRun(rc=proc.returncode, output=output, scenario=scenario)
+    for step in ("converge", "idempotence", "verify", "side_effect", "cleanup"):
+        start = output.find(f"[{scenario} > {step}] Executing")
+        if start < 0:
+            continue
+        end = output.find(f"[{scenario} > {step}] Executed", start)
+        run.steps[step] = parse_recap(output[start : end if end >= 0 else len(output)])
+    return run
