@@ -119,6 +119,14 @@ def cmd_slave_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_slave_remove(args: argparse.Namespace) -> int:
+    from vcl_sched import registry
+
+    row = registry.remove_slave(args.name)
+    emit(args, row, lambda r: f"slave {r['removed']} removed")
+    return 0
+
+
 def cmd_slave_status(args: argparse.Namespace) -> int:
     row = service.set_slave_status(args.name, args.status)
     emit(args, row, lambda s: f"slave {s['name']} is {s['status']}")
@@ -296,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("set-status", cmd_slave_status, "mark a slave up, down or draining", slv)
     p.add_argument("name")
     p.add_argument("status", help="up, down or draining")
+    p = add("remove", cmd_slave_remove, "delete a slave (refused while it hosts VMs)", slv)
+    p.add_argument("name")
 
     img = sub.add_parser("image", help="VM images").add_subparsers(dest="sub", required=True)
     p = add("add", cmd_image_add, "add an image from the image store", img)

@@ -133,12 +133,6 @@ def check_inventory(
             if bounds[0] <= int(address) <= bounds[1]:
                 where = owner.split(" ", 1)[1] if owner.startswith("host ") else "inventory"
                 problems.append(Problem(where, field, f"{_show(bounds)} contains {address} ({owner})"))
-    if private and public and private[1] - private[0] != public[1] - public[0]:
-        problems.append(Problem(
-            "inventory", "lab_public_pool",
-            f"{_show(public)} and lab_private_pool {_show(private)} differ in size; they are paired address by address",
-        ))  # fmt: skip
-
     try:
         config.parse_mac_prefix(lab.get("lab_mac_prefix", config.DEFAULT_MAC_PREFIX))
     except ValidationError as err:
