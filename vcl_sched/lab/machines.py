@@ -141,6 +141,10 @@ def configure_root(state: LabState, machine: Machine, *, first_boot: bool) -> No
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_file(ssh_dir / "authorized_keys", pub, 0o600)
     if first_boot:
+        # Each machine gets its own ssh host keys (the image's would make every machine look the same).
+        for key in (root / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        run(["ssh-keygen", "-q", "-A", "-f", root])
         # The `network` role manages this file afterwards; the lab writes it only once.
         write_file(
             root / "etc/network/interfaces.d" / machine.uplink,
