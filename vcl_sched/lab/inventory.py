@@ -81,9 +81,18 @@ def render(state: LabState) -> str:
     return text
 
 
+PLUGIN_CONFIG = """\
+# Written by `vcl lab up`: the slaves registered in the lab database, read by plugins/inventory/vcl_slaves.py
+# (`ansible-inventory -i inventory/lab --graph`). The database is the `vcl` command's ($VCL_DB_URL or the default).
+# inventory/sample/vcl_slaves.yml documents every option.
+plugin: vcl_slaves
+"""
+
+
 def write(state: LabState, directory: Path) -> Path:
     path = directory / "hosts.yml"
     write_file(path, render(state))
+    write_file(directory / "vcl_slaves.yml", PLUGIN_CONFIG)
     return path
 
 
@@ -100,6 +109,10 @@ def remove(state: LabState) -> list[str]:
         if isinstance(data, dict) and data.get("all", {}).get("vars", {}).get("lab_name") == state.name:
             path.unlink()
             removed.append(str(path))
+            plugin_config = path.with_name("vcl_slaves.yml")
+            if plugin_config.is_file() and plugin_config.read_text() == PLUGIN_CONFIG:
+                plugin_config.unlink()
+                removed.append(str(plugin_config))
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only if empty
     return removed
