@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.netns
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "plugins/modules/vcl_network.py"
 
