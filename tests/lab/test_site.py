@@ -136,7 +136,9 @@ def test_adding_a_slave_to_the_inventory_and_limiting_the_run_registers_it(boots
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)
     assert "slave3" in listed["_meta"]["hostvars"], listed
-    assert listed["_meta"]["hostvars"]["slave3"]["ansible_host"] == grown.addresses["slave3"]
+    address = listed["_meta"]["hostvars"]["slave3"]["ansible_host"]
+    # ansible-core 2.19 marks database strings as unsafe (data, never templates) in --list output.
+    assert (address.get("__ansible_unsafe") if isinstance(address, dict) else address) == grown.addresses["slave3"]
 
     # Taking slave3 out of the inventory drains it (it is never deleted while it hosts VMs).
     lab_up(lab.name, slaves=2)
