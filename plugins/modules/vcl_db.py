@@ -7,7 +7,7 @@ DOCUMENTATION = r"""
 module: vcl_db
 short_description: Create or upgrade the VCL lab database and apply settings from the inventory
 description:
-  - Runs where the scheduler runs (the controller, C(delegate_to: localhost)), with the C(vcl_sched) package.
+  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
   - Brings the schema to the newest revision (keeping data) and sets the given settings, for example the
     address pools and MAC prefix from the inventory. Reports changed only when something was written.
 options:

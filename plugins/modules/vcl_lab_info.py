@@ -7,7 +7,7 @@ DOCUMENTATION = r"""
 module: vcl_lab_info
 short_description: The VMs' addresses from the VCL lab database, shaped for the dhcpd, nat and network roles
 description:
-  - Runs where the scheduler runs (the controller, C(delegate_to: localhost)), with the C(vcl_sched) package.
+  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
   - Reads the instances that hold addresses (pending, running, suspended) and returns them as the dependent
     variables of the roles C(dhcpd) (host entries), C(nat) (one DNAT chain per VM) and C(network) (public aliases).
   - Reads only; never changes anything.

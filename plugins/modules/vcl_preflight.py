@@ -23,7 +23,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 problems:
-  description: One line per problem, C(HOST: FIELD: what is wrong).
+  description: "One line per problem: C(HOST: FIELD: what is wrong)."
   returned: always
   type: list
   elements: str

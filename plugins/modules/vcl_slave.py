@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: vcl_slave
 short_description: Register, drain or remove VCL slaves in the lab database
 description:
-  - Runs where the scheduler runs (the controller, C(delegate_to: localhost)), with the C(vcl_sched) package.
+  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
   - C(state=present) registers the slave, or refreshes its address and total capacity; used counts are never
     touched, and a capacity below what its VMs use is refused naming the field.
   - C(state=drained_unless_listed) marks every registered slave that is not in O(inventory) as draining (no new
