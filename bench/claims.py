@@ -7,11 +7,18 @@ one run, on fresh databases:
   broken at random among all equally good slaves) and commits with ``service.commit_claim``; a
   lost race rebuilds the writer's view from the database and decides again.
 - ``request``: the `vcl request` path: ``service.request`` reads a snapshot, decides in SQL,
-  claims; a lost race decides again.
+  claims; a lost race decides again (inside ``service.request``, so not counted here).
 Afterwards each database is checked: every claim committed exactly once (zero lost), no slave
-over capacity, no MAC or address given twice.
+over capacity, no MAC or address given twice. ``cpu_ms_per_claim`` is the writers' CPU time per
+committed claim: on a shared machine it moves less with the load than claims/s does, and
+``others_cpu_pct`` is the share of the machine's CPU other processes took during the run.
 
-Usage: .venv/bin/python bench/claims.py [--writers 8] [--claims 400] [--slaves 1000] [--url URL]
+Before/after: ``--baseline DIR`` runs the same workload on the code in DIR (a tree from
+``git archive HEAD | tar -x -C DIR``) and on this checkout, alternating, ``--repeat`` times each,
+every run in a fresh interpreter.
+
+Usage: .venv/bin/python bench/claims.py [--writers 8] [--claims 400] [--slaves 1000] [--modes claim,request]
+                                        [--repeat N] [--baseline DIR] [--url URL]
 Prints a table and writes bench/results/claims.json. Target (issue 2): >= 1,000 claims/s, 0 lost.
 """
 
@@ -23,6 +30,7 @@ import multiprocessing as mp
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +38,8 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The code under test: this checkout, or the baseline tree a --baseline run names (children inherit it).
+sys.path.insert(0, os.environ.get("VCL_BENCH_CODE") or str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select
 
@@ -38,7 +47,9 @@ from vcl_sched import db, service
 from vcl_sched.models import AddressPair, Group, Instance, Slave
 from vcl_sched.placement import Demand, PlacementIndex
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TARGET = 1000
 
 
 def setup(url: str, slaves: int, pairs: int) -> None:
@@ -49,8 +60,6 @@ def setup(url: str, slaves: int, pairs: int) -> None:
     service.add_group("bench", url=url)
 
     def bulk(session):
-        from datetime import datetime
-
         now = datetime(2026, 11, 22, 10)
         session.execute(Slave.__table__.insert(), [
             {"name": f"s{i:04d}", "address": f"10.{50 + i // 65536}.{i // 256 % 256}.{i % 256}", "cores_total": 64,
@@ -60,7 +69,7 @@ def setup(url: str, slaves: int, pairs: int) -> None:
     db.write(bulk, url)
 
 
-def writer(url: str, n: int, barrier, mode: str) -> tuple[list[float], Counter]:
+def writer(url: str, n: int, barrier, mode: str) -> tuple[list[float], Counter, float]:
     os.environ.update(VCL_DB_URL=url, VCL_NOW="2026-11-22 10:00", VCL_ACTOR="bench")
     settings = service.get_settings(url)  # warm the process: imports, schema check, connection
     latencies, decisions = [], Counter()
@@ -71,6 +80,7 @@ def writer(url: str, n: int, barrier, mode: str) -> tuple[list[float], Counter]:
     rng = random.Random()
     ends = datetime(2026, 11, 22, 11)
     barrier.wait()
+    cpu = time.process_time()
     for _ in range(n):
         t0 = time.perf_counter()
         if mode == "request":
@@ -91,7 +101,18 @@ def writer(url: str, n: int, barrier, mode: str) -> tuple[list[float], Counter]:
                         index = PlacementIndex(service.slave_states(s), settings.placement_policy)
         latencies.append(time.perf_counter() - t0)
         decisions[result["decision"]] += 1
-    return latencies, decisions
+    return latencies, decisions, time.process_time() - cpu
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU time the whole machine spent busy since boot (/proc/stat), to tell how much of it other
+    processes took during a run; None where there is no /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def run(mode: str, args: argparse.Namespace, url: str) -> dict:
@@ -103,29 +124,78 @@ def run(mode: str, args: argparse.Namespace, url: str) -> dict:
         with ctx.Pool(args.writers) as pool:
             pending = pool.starmap_async(writer, [(url, args.claims, barrier, mode)] * args.writers)
             barrier.wait()
-            t0 = time.perf_counter()
+            busy0, t0 = busy_cpu_seconds(), time.perf_counter()
             results = pending.get()
-            elapsed = time.perf_counter() - t0
+            elapsed, busy1 = time.perf_counter() - t0, busy_cpu_seconds()
 
-    latencies = sorted(x for lat, _ in results for x in lat)
-    decisions = sum((c for _, c in results), Counter())
+    latencies = sorted(x for lat, _, _ in results for x in lat)
+    decisions = sum((c for _, c, _ in results), Counter())
+    cpu = sum(c for _, _, c in results)
+    others = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu)
     with db.read(url) as s:
         committed = s.scalar(select(func.count()).select_from(Instance).where(Instance.slave_id.is_not(None)))
         used = s.scalar(select(func.sum(Slave.cores_used)))
         over = s.scalar(select(func.count()).select_from(Slave).where(Slave.cores_used > Slave.cores_total))
         macs = s.scalar(select(func.count(func.distinct(AddressPair.mac))).where(AddressPair.mac.is_not(None)))
         ips = s.scalar(select(func.count(func.distinct(Instance.private_ip))).where(Instance.private_ip.is_not(None)))
+    lost_races = decisions.pop("lost races (retried)", 0)
     report = {
         "mode": mode, "backend": db.engine(url).dialect.name, "writers": args.writers, "claims": total,
         "slaves": args.slaves, "seconds": round(elapsed, 3), "claims_per_s": round(total / elapsed, 1),
+        "cpu_ms_per_claim": round(cpu / total * 1000, 3),
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
-        "lost_races_retried": decisions.pop("lost races (retried)", 0), "committed": committed,
+        "lost_races_retried": lost_races if mode == "claim" else None, "committed": committed,
         "lost": total - committed, "cores_used": used, "slaves_over_capacity": over, "distinct_macs": macs,
-        "distinct_private_ips": ips,
+        "distinct_private_ips": ips, "load_1min": round(os.getloadavg()[0], 2),
+        # The share of the machine's CPU that other processes used during the run (other helpers' labs and tests).
+        "others_cpu_pct": None if others is None else round(others / (elapsed * os.cpu_count()) * 100, 1),
     }
     report["invariants_ok"] = (report["lost"] == 0 and used == total and over == 0 and macs == ips == total)
     return report
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Every mode once, on the code this interpreter imported."""
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="vcl-bench-") as tmp:
+        for mode in args.modes.split(","):
+            reports.append(run(mode, args, args.url or f"sqlite:///{tmp}/{mode}.sqlite"))
+    return reports
+
+
+def measure_in(code: str, args: argparse.Namespace) -> list[dict]:
+    """``measure`` in a fresh interpreter importing vcl_sched from ``code``."""
+    argv = [sys.executable, __file__, "--child", "--writers", str(args.writers), "--claims", str(args.claims),
+            "--slaves", str(args.slaves), "--modes", args.modes]
+    if args.url:
+        argv += ["--url", args.url]
+    out = subprocess.run(argv, env={**os.environ, "VCL_BENCH_CODE": code}, check=True, stdout=subprocess.PIPE,
+                         text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def summary(runs: list[dict]) -> dict:
+    """Median and range of the runs of one (code, mode)."""
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs]
+        return None if None in values else round(statistics.median(values), 2)
+
+    rates = [r["claims_per_s"] for r in runs]
+    return {"claims_per_s_median": median("claims_per_s"), "claims_per_s_min": min(rates),
+            "claims_per_s_max": max(rates), "cpu_ms_per_claim_median": median("cpu_ms_per_claim"),
+            "p50_ms_median": median("p50_ms"), "p99_ms_median": median("p99_ms"),
+            "lost_races_median": median("lost_races_retried"),
+            "others_cpu_pct_median": median("others_cpu_pct"), "invariants_ok": all(r["invariants_ok"] for r in runs),
+            "runs": len(runs)}
+
+
+def table(columns: dict[str, dict], keys: list[str]) -> str:
+    width = max(len(k) for k in keys)
+    col = max(14, *(len(name) for name in columns))
+    lines = ["  ".join([" " * width, *(f"{name:>{col}}" for name in columns)])]
+    lines += ["  ".join([key.ljust(width), *(f"{c.get(key)!s:>{col}}" for c in columns.values())]) for key in keys]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -134,22 +204,38 @@ def main() -> int:
     parser.add_argument("--claims", type=int, default=400, help="claims per writer")
     parser.add_argument("--slaves", type=int, default=1000)
     parser.add_argument("--modes", default="claim,request")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every mode (medians are reported)")
+    parser.add_argument("--baseline", metavar="DIR", help="also run the code in DIR, alternating with this checkout")
     parser.add_argument("--url", help="database URL (default: a fresh SQLite file per mode)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return 0
 
-    reports = []
-    with tempfile.TemporaryDirectory(prefix="vcl-bench-") as tmp:
-        for mode in args.modes.split(","):
-            reports.append(run(mode, args, args.url or f"sqlite:///{tmp}/{mode}.sqlite"))
-    keys = list(reports[0])
-    width = max(len(k) for k in keys)
-    print("  ".join([" " * width, *(f"{r['mode']:>14}" for r in reports)]))
-    for key in keys[1:]:
-        print("  ".join([key.ljust(width), *(f"{r[key]!s:>14}" for r in reports)]))
-    print(f"cpus: {os.cpu_count()}   target: >= 1000 claims/s with 0 lost")
+    codes = {"baseline": str(Path(args.baseline).resolve())} if args.baseline else {}
+    codes["current"] = str(ROOT)
+    runs: dict[str, list[dict]] = {name: [] for name in codes}
+    for _ in range(args.repeat):
+        for name, code in codes.items():
+            runs[name] += measure_in(code, args)
+
+    modes = args.modes.split(",")
+    if len(runs["current"]) == len(modes):  # one run each: the whole report
+        columns = {r["mode"]: r for r in runs["current"]}
+        print(table(columns, [k for k in runs["current"][0] if k != "mode"]))
+    else:
+        columns = {f"{name}:{mode}": summary([r for r in rs if r["mode"] == mode])
+                   for mode in modes for name, rs in runs.items()}
+        print(table(columns, list(next(iter(columns.values())))))
+    print(f"cpus: {os.cpu_count()}   writers: {args.writers}   target: >= {TARGET} claims/s with 0 lost")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "claims.json").write_text(json.dumps({"cpus": os.cpu_count(), "runs": reports}, indent=2) + "\n")
-    return 0 if all(r["invariants_ok"] for r in reports) else 1
+    doc = {"cpus": os.cpu_count(), "target_claims_per_s": TARGET, "codes": codes,
+           "summary": {f"{name}:{mode}": summary([r for r in rs if r["mode"] == mode])
+                       for mode in modes for name, rs in runs.items()},
+           "runs": runs}
+    (RESULTS / "claims.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r["invariants_ok"] for rs in runs.values() for r in rs) else 1
 
 
 if __name__ == "__main__":

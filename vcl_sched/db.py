@@ -8,23 +8,30 @@ two controllers can never decide on the same stale state. Read-only transactions
 PostgreSQL runs at READ COMMITTED; writers use compare-and-swap updates (``slaves.generation``),
 ``UPDATE ... WHERE instance_id IS NULL`` for addresses, and ``SELECT ... FOR UPDATE`` on a row of
 ``locks`` where a whole decision must be serialised (calendar admission).
+
+Two ways to write: ``write`` runs a function on an ORM ``Session``; ``write_direct`` runs one on the
+DBAPI cursor with ``Prepared`` statements, for the claim path where SQLAlchemy's per-statement cost
+would be most of the transaction. Both share the writer queue, the retry rules and checkpointing.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Dialect, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from . import config
 from .errors import VclError
@@ -32,6 +39,8 @@ from .models import LOCK_NAMES, Lock, Setting
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
+# SQLite: checkpoint the WAL once it holds this much (SQLite's own default is 1000 pages of 4 KiB).
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
 
 
 class RetryTransaction(Exception):
@@ -63,6 +72,11 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")  # safe in WAL: a crash loses no committed state's integrity
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
+            # No automatic checkpoints: SQLite would run them inside COMMIT, while this writer still
+            # holds the writer queue, and a checkpoint's fsyncs take ~10 ms. Writers checkpoint after
+            # leaving the queue (_checkpoint_if_due); the size limit makes the WAL's size tell when.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES:d}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -106,6 +120,26 @@ def _writer_queue(eng: Engine) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    _checkpoint_if_due(eng, path)
+
+
+def _checkpoint_if_due(eng: Engine, path: str) -> None:
+    """Copy the WAL back into the database once it is big, outside the writer queue. A passive
+    checkpoint never blocks writers or readers; two at once: the second returns at once (busy)."""
+    try:
+        size = os.stat(f"{path}-wal").st_size
+    except FileNotFoundError:
+        return
+    if size <= WAL_CHECKPOINT_BYTES:  # journal_size_limit cuts the file back to this at each WAL reset
+        return
+    conn = eng.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        cursor.fetchall()
+        cursor.close()
+    finally:
+        conn.close()
 
 
 @contextmanager
@@ -120,11 +154,212 @@ def write(fn: Callable[[Session], T], url: str | None = None, attempts: int = 50
     """Run ``fn`` in one write transaction; retry it whole when a compare-and-swap lost a race
     (``RetryTransaction``), a unique constraint was hit by a concurrent writer, or the database
     reported a serialisation failure / deadlock. ``fn`` must not have side effects outside the DB."""
+    return _retrying(lambda: _in_session(fn, url), attempts, retry_races)
+
+
+def _in_session(fn: Callable[[Session], T], url: str | None) -> T:
+    with _write_once(url) as session:
+        return fn(session)
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """A statement compiled for one dialect: its SQL, and where each parameter comes from."""
+
+    sql: str
+    slots: tuple[tuple[str, str | None, Any, Any], ...]  # (name, key in the values or None, fixed value, processor)
+    positional: bool
+
+
+class Prepared:
+    """A Core statement compiled once per dialect, for ``Direct`` transactions (``write_direct``,
+    ``read_direct``), that also runs as itself in a ``Session``.
+
+    The SQL comes from SQLAlchemy's compiler and every value is a bound parameter, converted by
+    its column type's own bind processor (SQLite datetimes as SQLAlchemy stores them, enums as
+    their values) and read back through its result processor: what ``Direct`` writes and reads is
+    exactly what SQLAlchemy would. ``columns`` names the columns an INSERT sets."""
+
+    def __init__(self, stmt: Executable, columns: Sequence[str] | None = None) -> None:
+        self.stmt = stmt
+        self.columns = list(columns) if columns is not None else None
+        self._forms: dict[str, _Form] = {}
+        self._results: dict[str, tuple[tuple[int, Any], ...]] = {}
+
+    def form(self, dialect: Dialect) -> _Form:
+        form = self._forms.get(dialect.name)
+        if form is None:
+            form = self._forms[dialect.name] = self._compile(dialect)
+        return form
+
+    def _compile(self, dialect: Dialect) -> _Form:
+        compiled = self.stmt.compile(dialect=dialect, column_keys=self.columns)
+        defaulted = [c.name for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
+        if defaulted:  # SQLAlchemy's execution context fills these in, and Direct skips it
+            raise ValueError(f"Prepared: give the columns with Python-side defaults values: {defaulted}")
+        by_name = {name: bind for bind, name in compiled.bind_names.items()}
+        if any(bind.expanding for bind in by_name.values()):
+            raise ValueError("Prepared: IN (...) over a list needs one bindparam() per value")
+        slots = []
+        for name in compiled.positiontup if dialect.positional else by_name:
+            bind = by_name[name]
+            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.required:
+                slots.append((name, bind.key, None, proc))
+            else:  # a value given with the statement (LIMIT 1, generation + 1): converted once, here
+                value = bind.effective_value
+                slots.append((name, None, value if proc is None else proc(value), None))
+        return _Form(compiled.string, tuple(slots), dialect.positional)
+
+    def bind(self, dialect: Dialect, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
+        """The SQL text and the DBAPI parameters for ``values`` (keyed by bind parameter name)."""
+        form = self.form(dialect)
+        params = [(values[key] if proc is None else proc(values[key])) if key is not None else fixed
+                  for _, key, fixed, proc in form.slots]
+        if form.positional:
+            return form.sql, tuple(params)
+        return form.sql, {name: v for (name, *_), v in zip(form.slots, params, strict=True)}
+
+    def result_processors(self, dialect: Dialect, description: Sequence[Any]) -> tuple[tuple[int, Any], ...]:
+        """(column index, processor) for the result columns that need one; some processors depend
+        on the type the driver reports (``cursor.description``), the same at every execution."""
+        try:
+            return self._results[dialect.name]
+        except KeyError:
+            pass
+        columns = list(self.stmt.exported_columns)  # type: ignore[attr-defined]
+        procs = [c.type.dialect_impl(dialect).result_processor(dialect, d[1])
+                 for c, d in zip(columns, description, strict=True)]
+        result = self._results[dialect.name] = tuple((i, p) for i, p in enumerate(procs) if p is not None)
+        return result
+
+    def run(self, q: Session | Direct, values: Mapping[str, Any] | None = None) -> Any:
+        """Run the statement for its effect, in a ``Direct`` transaction or a ``Session``; the
+        result tells the ``rowcount``."""
+        if isinstance(q, Session):
+            return q.connection().execute(self.stmt, dict(values or {}))
+        return q.execute(self, values or {})
+
+    def all(self, q: Session | Direct, values: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every row, in a ``Direct`` transaction or a ``Session``."""
+        if isinstance(q, Session):
+            return list(q.connection().execute(self.stmt, dict(values or {})).all())
+        return q.rows(self, q.execute(self, values or {}).fetchall())
+
+    def first(self, q: Session | Direct, values: Mapping[str, Any] | None = None) -> Any:
+        """The first row, or None."""
+        if isinstance(q, Session):
+            return q.connection().execute(self.stmt, dict(values or {})).first()
+        row = q.execute(self, values or {}).fetchone()
+        return None if row is None else q.rows(self, [row])[0]
+
+    def scalar(self, q: Session | Direct, values: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None."""
+        row = self.first(q, values)
+        return None if row is None else row[0]
+
+
+class Direct:
+    """A transaction on the DBAPI connection (``write_direct``, ``read_direct``) that runs
+    ``Prepared`` statements: none of SQLAlchemy's per-statement work (execution context, result
+    objects, events), which costs several times what SQLite takes for a short statement."""
+
+    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+        self.cursor = cursor
+        self.dialect = dialect
+
+    def execute(self, stmt: Prepared, values: Mapping[str, Any]) -> Any:
+        """Run ``stmt``; the cursor is returned for ``rowcount`` and raw rows."""
+        sql, params = stmt.bind(self.dialect, values)
+        try:
+            self.cursor.execute(sql, params)
+        except self.dialect.loaded_dbapi.Error as err:
+            raise _wrapped(err, self.dialect, sql, params) from err
+        return self.cursor
+
+    def rows(self, stmt: Prepared, rows: Sequence[Any]) -> list[Any]:
+        """Raw rows of ``stmt`` as SQLAlchemy returns them (datetimes, enums)."""
+        procs = stmt.result_processors(self.dialect, self.cursor.description)
+        if not procs:
+            return list(rows)
+        out = []
+        for raw in rows:
+            row = list(raw)
+            for i, proc in procs:
+                row[i] = proc(row[i])
+            out.append(tuple(row))
+        return out
+
+
+def _wrapped(err: Exception, dialect: Dialect, sql: str | None = None, params: Any = None) -> BaseException:
+    """A DBAPI error as SQLAlchemy raises it (IntegrityError, OperationalError ...)."""
+    return DBAPIError.instance(sql, params, err, dialect.loaded_dbapi.Error, dialect=dialect)
+
+
+def write_direct(fn: Callable[[Direct], T], url: str | None = None, attempts: int = 50,
+                 retry_races: bool = True) -> T:
+    """``write`` without the ORM: ``fn`` runs ``Prepared`` statements on the DBAPI cursor, in one
+    transaction (SQLite: ``BEGIN IMMEDIATE`` in the writer queue), with the same retries; DBAPI
+    errors are raised as SQLAlchemy's (``IntegrityError``, ``OperationalError``)."""
+    return _retrying(lambda: _in_direct(fn, url), attempts, retry_races)
+
+
+def _in_direct(fn: Callable[[Direct], T], url: str | None) -> T:
+    eng = engine(url)
+    dialect = eng.dialect
+    conn = eng.raw_connection()
+    cursor = conn.cursor()
+    try:
+        with _writer_queue(eng):
+            try:
+                if dialect.name == "sqlite":
+                    cursor.execute("BEGIN IMMEDIATE")  # the connection is in autocommit mode (_sqlite_connect)
+                result = fn(Direct(cursor, dialect))
+                conn.commit()
+            except BaseException as err:
+                _rollback(conn)
+                if isinstance(err, dialect.loaded_dbapi.Error):
+                    raise _wrapped(err, dialect) from err
+                raise
+        return result
+    finally:
+        cursor.close()
+        conn.close()
+
+
+@contextmanager
+def read_direct(url: str | None = None) -> Iterator[Direct]:
+    """``read`` without the ORM: one consistent, read-only snapshot on the DBAPI connection."""
+    eng = engine(url)
+    dialect = eng.dialect
+    conn = eng.raw_connection()
+    cursor = conn.cursor()
+    try:
+        # SQLite: a deferred transaction (autocommit mode otherwise); psycopg opens one itself.
+        start = "BEGIN" if dialect.name == "sqlite" else "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        try:
+            cursor.execute(start)
+        except dialect.loaded_dbapi.Error as err:
+            raise _wrapped(err, dialect, start) from err
+        yield Direct(cursor, dialect)
+    finally:
+        _rollback(conn)
+        cursor.close()
+        conn.close()
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # the connection is broken: drop it, and keep the error that broke it
+        conn.invalidate()
+
+
+def _retrying(run: Callable[[], T], attempts: int, retry_races: bool) -> T:
     delay = 0.001
     for attempt in range(attempts):
         try:
-            with _write_once(url) as session:
-                return fn(session)
+            return run()
         except DryRun as dry:
             return dry.result  # type: ignore[return-value]
         except RetryTransaction:
@@ -153,10 +388,18 @@ def lock(session: Session, name: str) -> None:
         session.execute(select(Lock.name).where(Lock.name == name).with_for_update())
 
 
-def load_settings(session: Session) -> config.Settings:
-    rows = session.execute(select(Setting.key, Setting.value)).all()
-    data = {key: json.loads(value) for key, value in rows}
-    return config.settings_from_json(data)
+_SETTINGS = Prepared(select(Setting.key, Setting.value).order_by(Setting.key))
+
+
+def load_settings(q: Session | Direct) -> config.Settings:
+    """The settings as this transaction sees them (parsed once per distinct content: every
+    request reads them, and they seldom change)."""
+    return _parse_settings(tuple((key, value) for key, value in _SETTINGS.all(q)))
+
+
+@lru_cache(maxsize=8)
+def _parse_settings(rows: tuple[tuple[str, str], ...]) -> config.Settings:
+    return config.settings_from_json({key: json.loads(value) for key, value in rows})
 
 
 def save_settings(session: Session, settings: config.Settings) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, select, update
+from sqlalchemy import String, and_, bindparam, case, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from . import calendar, config, db, placement, preempt
@@ -99,15 +99,15 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(sep=" ", timespec="minutes") if value is not None else None
 
 
-_AUDIT = insert(AuditLog)
+_AUDIT = db.Prepared(insert(AuditLog), ("at", "actor", "object_type", "object_id", "action", "before", "after"))
 
 
-def audit(session: Session, obj_type: str, obj_id: int, action: str, before: dict | None, after: dict | None,
-          at: datetime | None = None) -> None:
-    session.connection().execute(_AUDIT, [{
-        "at": at or config.now(), "actor": actor(), "object_type": obj_type, "object_id": obj_id, "action": action,
-        "before": json.dumps(before, default=str, sort_keys=True) if before is not None else None,
-        "after": json.dumps(after, default=str, sort_keys=True) if after is not None else None}])
+def audit(q: Session | db.Direct, obj_type: str, obj_id: int, action: str, before: dict | None,
+          after: dict | None, at: datetime | None = None) -> None:
+    _AUDIT.run(q, {"at": at or config.now(), "actor": actor(), "object_type": obj_type, "object_id": obj_id,
+                   "action": action,
+                   "before": json.dumps(before, default=str, sort_keys=True) if before is not None else None,
+                   "after": json.dumps(after, default=str, sort_keys=True) if after is not None else None})
 
 
 def _create(session: Session, obj: Any, kind: str, to_row: Any) -> dict[str, Any]:
@@ -119,34 +119,47 @@ def _create(session: Session, obj: Any, kind: str, to_row: Any) -> dict[str, Any
     return row
 
 
-def _group(session: Session, name: str, field: str = "owner") -> Group:
-    group = session.scalar(select(Group).where(Group.name == name))
-    if group is None:
+_GROUP_ID = db.Prepared(select(Group.id).where(Group.name == bindparam("name")))
+_IMAGE_REF = db.Prepared(select(Image.id, Image.default_disk_gb).where(Image.name == bindparam("name")))
+
+
+def _group_id(q: Session | db.Direct, name: str, field: str = "owner") -> int:
+    group_id = _GROUP_ID.scalar(q, {"name": name})
+    if group_id is None:
         raise ValidationError(field, f"no group named {name!r} (add it with `vcl group add {name}`)")
-    return group
+    return group_id
 
 
-def _user(session: Session, name: str | None, group: Group | None = None) -> User | None:
+_USER = db.Prepared(select(User.id, User.declines).where(User.name == bindparam("name")))
+_NEW_USER = db.Prepared(insert(User).returning(User.id), ("name", "declines", "registered_slave", "created_at"))
+_MEMBER = db.Prepared(select(Membership.user_id).where(Membership.user_id == bindparam("uid"),
+                                                       Membership.group_id == bindparam("gid")))
+_NEW_MEMBER = db.Prepared(insert(Membership), ("user_id", "group_id"))
+
+
+def _user(q: Session | db.Direct, name: str, group_id: int | None = None) -> tuple[int, int]:
+    """The user's id and decline count; a user seen for the first time is created (and audited),
+    and joins ``group_id``."""
+    row = _USER.first(q, {"name": name})
+    if row is not None:
+        user_id, declines = row
+    else:
+        user_id, declines = _NEW_USER.scalar(q, {"name": name, "declines": 0, "registered_slave": 0,
+                                                 "created_at": config.now()}), 0
+        audit(q, "user", user_id, "create", None, {"name": name})
+    if group_id is not None and _MEMBER.first(q, {"uid": user_id, "gid": group_id}) is None:
+        _NEW_MEMBER.run(q, {"user_id": user_id, "group_id": group_id})
+    return user_id, declines
+
+
+def _image_ref(q: Session | db.Direct, name: str | None) -> tuple[int, int] | None:
+    """The image's id and default disk size, or None without an image."""
     if name is None:
         return None
-    user = session.scalar(select(User).where(User.name == name))
-    if user is None:
-        user = User(name=name, declines=0, registered_slave=0, created_at=config.now())
-        session.add(user)
-        session.flush()
-        audit(session, "user", user.id, "create", None, {"name": name})
-    if group is not None and session.get(Membership, (user.id, group.id)) is None:
-        session.add(Membership(user_id=user.id, group_id=group.id))
-    return user
-
-
-def _image(session: Session, name: str | None) -> Image | None:
-    if name is None:
-        return None
-    image = session.scalar(select(Image).where(Image.name == name))
-    if image is None:
+    row = _IMAGE_REF.first(q, {"name": name})
+    if row is None:
         raise ValidationError("image", f"no image named {name!r} (add it with `vcl image add`)")
-    return image
+    return row[0], row[1]
 
 
 # --- database and settings ------------------------------------------------------------------------
@@ -352,19 +365,23 @@ def list_slaves(url: str | None = None) -> list[dict[str, Any]]:
 
 
 # --- placement in SQL and claims ------------------------------------------------------------------
-# Statements are built once (bound parameters, never formatted text), so each call only binds
-# values and hits SQLAlchemy's compiled cache: the claim path runs on every launch.
+# Statements are built once (bound parameters, never formatted text) and db.Prepared compiles them
+# once per dialect, so each call only binds values: the request and claim paths run on every launch.
 
 _D_CORES, _D_RAM, _D_DISK = bindparam("d_cores"), bindparam("d_ram"), bindparam("d_disk")
+# The status is read as its text: SlaveState holds the string, and the enum round trip was a third
+# of the cost of reading every slave (a dispatcher rebuilding its view after a lost race).
 _SLAVE_COLUMNS = (Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total, Slave.disk_gb_total,
-                  Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, Slave.status, Slave.generation)
+                  Slave.cores_used, Slave.ram_mb_used, Slave.disk_gb_used, type_coerce(Slave.status, String),
+                  Slave.generation)
 _IS_UP = Slave.status == SlaveStatus.UP
 _HAS_CORES = Slave.cores_total - Slave.cores_used >= _D_CORES
 _HAS_RAM = Slave.ram_mb_total - Slave.ram_mb_used >= _D_RAM
 _HAS_DISK = Slave.disk_gb_total - Slave.disk_gb_used >= _D_DISK
 _CASCADE = (_IS_UP, and_(_IS_UP, _HAS_CORES), and_(_IS_UP, _HAS_CORES, _HAS_RAM),
             and_(_IS_UP, _HAS_CORES, _HAS_RAM, _HAS_DISK))
-_FILTER_COUNTS = select(func.count(), *(func.coalesce(func.sum(case((cond, 1), else_=0)), 0) for cond in _CASCADE))
+_FILTER_COUNTS = db.Prepared(select(func.count(), *(func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+                                                     for cond in _CASCADE)))
 # Spread states the cores filter as `cores_used + n <= cores_total` (the same test): written as
 # `cores_total - cores_used >= n` it matches the pack index's expression, and SQLite's planner would
 # then range-scan that index and sort, instead of walking ix_slaves_spread in order.
@@ -372,30 +389,36 @@ _CORES_FILTER = {"spread": Slave.cores_used + _D_CORES <= Slave.cores_total, "pa
 _CHOOSE = {name: select(*_SLAVE_COLUMNS).where(_IS_UP, _CORES_FILTER[name], _HAS_RAM, _HAS_DISK).order_by(*order)
            for name, order in SQL_ORDER.items()}
 TIE_SAMPLE = 64  # after a lost race, choose at random among up to this many equally good slaves
-_CHOOSE_BEST = {name: stmt.limit(1) for name, stmt in _CHOOSE.items()}
-_CHOOSE_TIED = {name: stmt.limit(TIE_SAMPLE) for name, stmt in _CHOOSE.items()}
-_CLAIM = (update(Slave).where(Slave.id == bindparam("sid"), Slave.generation == bindparam("gen"))
-          .values(cores_used=Slave.cores_used + _D_CORES, ram_mb_used=Slave.ram_mb_used + _D_RAM,
-                  disk_gb_used=Slave.disk_gb_used + _D_DISK, generation=Slave.generation + 1,
-                  updated_at=bindparam("now")))
+_CHOOSE_BEST = {name: db.Prepared(stmt.limit(1)) for name, stmt in _CHOOSE.items()}
+_CHOOSE_TIED = {name: db.Prepared(stmt.limit(TIE_SAMPLE)) for name, stmt in _CHOOSE.items()}
+# The claim transaction (commit_claim) runs these on the DBAPI cursor (db.write_direct), where
+# SQLAlchemy's per-statement cost was most of a claim's time; other writers run them in a Session.
+_CLAIM = db.Prepared(update(Slave).where(Slave.id == bindparam("sid"), Slave.generation == bindparam("gen"))
+                     .values(cores_used=Slave.cores_used + _D_CORES, ram_mb_used=Slave.ram_mb_used + _D_RAM,
+                             disk_gb_used=Slave.disk_gb_used + _D_DISK, generation=Slave.generation + 1,
+                             updated_at=bindparam("now")))
 _RELEASE = (update(Slave).where(Slave.id == bindparam("sid"))
             .values(cores_used=Slave.cores_used - _D_CORES, ram_mb_used=Slave.ram_mb_used - _D_RAM,
                     disk_gb_used=Slave.disk_gb_used - _D_DISK, generation=Slave.generation + 1,
                     updated_at=bindparam("now")))
-_FREE_PAIR = select(AddressPair.id).where(AddressPair.instance_id.is_(None)).order_by(AddressPair.id).limit(1)
-_TAKE_PAIR = {
-    # One statement takes the lowest free pair; PostgreSQL skips pairs other transactions are taking.
-    dialect: update(AddressPair).where(AddressPair.id == free.scalar_subquery())
+# One statement takes the lowest free pair; PostgreSQL skips pairs other transactions are taking
+# (SQLite, whose writers are serialised, has no FOR UPDATE: its compiler leaves the clause out).
+_TAKE_PAIR = db.Prepared(
+    update(AddressPair)
+    .where(AddressPair.id == select(AddressPair.id).where(AddressPair.instance_id.is_(None)).order_by(AddressPair.id)
+           .limit(1).with_for_update(skip_locked=True).scalar_subquery())
     .values(instance_id=bindparam("iid"), mac=bindparam("mac"))
-    .returning(AddressPair.private_ip, AddressPair.public_ip)
-    for dialect, free in (("sqlite", _FREE_PAIR), ("postgresql", _FREE_PAIR.with_for_update(skip_locked=True)))
-}
-_SET_ADDRESSES = (update(Instance).where(Instance.id == bindparam("iid"))
-                  .values(mac=bindparam("mac"), private_ip=bindparam("priv"), public_ip=bindparam("pub")))
-_NEW_INSTANCE = insert(Instance).returning(Instance.id)
-_COUNT_PAIRS = select(func.count(), func.count(AddressPair.instance_id)).select_from(AddressPair)
-_DECLINE = (update(User).where(User.id == bindparam("uid"), User.declines < bindparam("limit"))
-            .values(declines=User.declines + 1))
+    .returning(AddressPair.private_ip, AddressPair.public_ip))
+_SET_ADDRESSES = db.Prepared(update(Instance).where(Instance.id == bindparam("iid"))
+                             .values(mac=bindparam("mac"), private_ip=bindparam("priv"), public_ip=bindparam("pub")))
+_NEW_INSTANCE = db.Prepared(insert(Instance).returning(Instance.id), (
+    "image_id", "group_id", "user_id", "slave_id", "cores", "ram_mb", "disk_gb", "state", "kind", "priority",
+    "register_as_slave", "ends_at", "created_at", "updated_at"))
+_COUNT_PAIRS = db.Prepared(select(func.count(), func.count(AddressPair.instance_id)).select_from(AddressPair))
+_DECLINE = db.Prepared(update(User).where(User.id == bindparam("uid"), User.declines < bindparam("limit"))
+                       .values(declines=User.declines + 1))
+_REGISTERED = db.Prepared(update(User).where(User.id == bindparam("uid"), User.registered_slave != 1)
+                          .values(registered_slave=1))
 
 
 def _demand_params(demand: placement.Demand) -> dict[str, int]:
@@ -403,20 +426,27 @@ def _demand_params(demand: placement.Demand) -> dict[str, int]:
 
 
 def _state(row: Any) -> placement.SlaveState:
-    return placement.SlaveState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], str(row[8]), row[9])
+    return placement.SlaveState(*row)
 
 
-def slave_states(session: Session) -> list[placement.SlaveState]:
-    return [_state(r) for r in session.execute(select(*_SLAVE_COLUMNS).order_by(Slave.id))]
+_SLAVES = db.Prepared(select(*_SLAVE_COLUMNS).order_by(Slave.id))
+_SLAVE = db.Prepared(select(*_SLAVE_COLUMNS).where(Slave.id == bindparam("sid")))
 
 
-def slave_state(session: Session, slave_id: int) -> placement.SlaveState:
-    return _state(session.execute(select(*_SLAVE_COLUMNS).where(Slave.id == slave_id)).one())
+def slave_states(q: Session | db.Direct) -> list[placement.SlaveState]:
+    return [_state(r) for r in _SLAVES.all(q)]
 
 
-def filter_counts(session: Session, demand: placement.Demand) -> tuple[tuple[str, int], ...]:
+def slave_state(q: Session | db.Direct, slave_id: int) -> placement.SlaveState:
+    row = _SLAVE.first(q, {"sid": slave_id})
+    if row is None:
+        raise NotFoundError(f"slave {slave_id}: no such slave")
+    return _state(row)
+
+
+def filter_counts(q: Session | db.Direct, demand: placement.Demand) -> tuple[tuple[str, int], ...]:
     """The filter cascade's counts (as placement.run_filters reports them), in one aggregate query."""
-    row = session.connection().execute(_FILTER_COUNTS, _demand_params(demand)).one()
+    row = _FILTER_COUNTS.first(q, _demand_params(demand))
     counts = [("all", int(row[0]))]
     for (name, _), n in zip(placement.FILTERS, row[1:], strict=True):
         counts.append((name, int(n)))
@@ -425,7 +455,7 @@ def filter_counts(session: Session, demand: placement.Demand) -> tuple[tuple[str
     return tuple(counts)
 
 
-def choose_slave(session: Session, demand: placement.Demand, policy: str, tie_break: str = "lowest-id",
+def choose_slave(q: Session | db.Direct, demand: placement.Demand, policy: str, tie_break: str = "lowest-id",
                  rng: random.Random | None = None, explain: bool = True) -> placement.Placement:
     """Place with the database doing filter + weigh (an index walk in policy order).
 
@@ -434,30 +464,30 @@ def choose_slave(session: Session, demand: placement.Demand, policy: str, tie_br
     ``tie_break="random"`` picks among the equally good slaves at random (used after a lost race,
     so concurrent writers stop choosing the same slave, as nova's host_subset_size does)."""
     if policy not in SQL_ORDER:
-        return placement.place(slave_states(session), demand, policy)
-    conn = session.connection()
+        return placement.place(slave_states(q), demand, policy)
     params = _demand_params(demand)
     if tie_break == "random":
-        rows = conn.execute(_CHOOSE_TIED[policy], params).all()
+        states = [_state(r) for r in _CHOOSE_TIED[policy].all(q, params)]
         key = placement.get_policy(policy).sort_key
         assert key is not None
-        best = [r for r in rows if key(_state(r))[:-1] == key(_state(rows[0]))[:-1]] if rows else []
-        row = (rng or random).choice(best) if best else None
+        top = key(states[0])[:-1] if states else None
+        best = [s for s in states if key(s)[:-1] == top]
+        chosen = (rng or random).choice(best) if best else None
     else:
-        row = conn.execute(_CHOOSE_BEST[policy], params).first()
-    if row is None:
-        return placement.place(slave_states(session), demand, policy)
-    counts = filter_counts(session, demand) if explain else ()
-    return placement.Placement(_state(row), policy, counts)
+        row = _CHOOSE_BEST[policy].first(q, params)
+        chosen = _state(row) if row is not None else None
+    if chosen is None:
+        return placement.place(slave_states(q), demand, policy)
+    counts = filter_counts(q, demand) if explain else ()
+    return placement.Placement(chosen, policy, counts)
 
 
-_CAPACITY = select(func.coalesce(func.sum(Slave.cores_total), 0)).where(_IS_UP)
+_CAPACITY = db.Prepared(select(func.coalesce(func.sum(Slave.cores_total), 0)).where(_IS_UP))
 
 
-def claim_slave(session: Session, slave: placement.SlaveState, demand: placement.Demand) -> None:
+def claim_slave(q: Session | db.Direct, slave: placement.SlaveState, demand: placement.Demand) -> None:
     """Compare-and-swap claim (Placement's generation check); a lost race retries the decision."""
-    result = session.connection().execute(_CLAIM, {"sid": slave.id, "gen": slave.generation, "now": config.now(),
-                                                   **_demand_params(demand)})
+    result = _CLAIM.run(q, {"sid": slave.id, "gen": slave.generation, "now": config.now(), **_demand_params(demand)})
     if result.rowcount != 1:
         raise db.RetryTransaction
 
@@ -472,20 +502,19 @@ def new_mac(prefix: str) -> str:
     return prefix + "".join(f":{b:02x}" for b in tail)
 
 
-def allocate_addresses(session: Session, instance_id: int, mac_prefix: str) -> tuple[str, str, str]:
+def allocate_addresses(q: Session | db.Direct, instance_id: int, mac_prefix: str) -> tuple[str, str, str]:
     """Take the lowest free (public, private) pair and a fresh MAC for an instance, and record
     them on the instance. A MAC drawn twice hits the unique constraint and the transaction reruns."""
-    conn = session.connection()
     mac = new_mac(mac_prefix)
-    row = conn.execute(_TAKE_PAIR[conn.dialect.name], {"iid": instance_id, "mac": mac}).first()
+    row = _TAKE_PAIR.first(q, {"iid": instance_id, "mac": mac})
     if row is None:
-        total, held = conn.execute(_COUNT_PAIRS).one()
+        total, held = _COUNT_PAIRS.first(q)
         if held < total:
             raise db.RetryTransaction  # PostgreSQL: every free pair is being taken by another transaction
         raise CapacityError(f"addresses: all {total} (public, private) address pairs are in use"
                             " (widen private_pool/public_pool with `vcl config set`)")
     private_ip, public_ip = row
-    conn.execute(_SET_ADDRESSES, {"iid": instance_id, "mac": mac, "priv": private_ip, "pub": public_ip})
+    _SET_ADDRESSES.run(q, {"iid": instance_id, "mac": mac, "priv": private_ip, "pub": public_ip})
     return mac, private_ip, public_ip
 
 
@@ -502,11 +531,15 @@ def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minut
     return priority(inputs, coefficient), inputs
 
 
-def _bookings_between(session: Session, start: datetime, end: datetime, now: datetime) -> list[calendar.Booking]:
-    rows = session.execute(
-        select(Reservation.id, Reservation.cores, Reservation.start, Reservation.end, Reservation.priority,
-               Reservation.register_as_slave, Reservation.state)
-        .where(Reservation.state.in_(ACTIVE_BOOKINGS), Reservation.end > start, Reservation.start < end)).all()
+_BOOKINGS_BETWEEN = db.Prepared(
+    select(Reservation.id, Reservation.cores, Reservation.start, Reservation.end, Reservation.priority,
+           Reservation.register_as_slave, Reservation.state)
+    .where(Reservation.state.in_([bindparam(f"booked_{s}", s, Reservation.state.type) for s in ACTIVE_BOOKINGS]),
+           Reservation.end > bindparam("start"), Reservation.start < bindparam("end")))
+
+
+def _bookings_between(q: Session | db.Direct, start: datetime, end: datetime, now: datetime) -> list[calendar.Booking]:
+    rows = _BOOKINGS_BETWEEN.all(q, {"start": start, "end": end})
     return [calendar.Booking(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0],
                              fixed=r[6] == ReservationState.ACTIVE or r[2] <= now) for r in rows]
 
@@ -517,8 +550,8 @@ def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.B
     return _bookings_between(session, day_start, day_start + timedelta(days=1), now)
 
 
-def _capacity(session: Session) -> int:
-    return int(session.connection().execute(_CAPACITY).scalar_one())
+def _capacity(q: Session | db.Direct) -> int:
+    return int(_CAPACITY.scalar(q))
 
 
 def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -548,11 +581,11 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
 
     def apply(session: Session) -> dict[str, Any]:
         db.lock(session, "calendar")
-        group = _group(session, owner)
-        img = _image(session, image)
-        usr = _user(session, user_name, group)
+        group_id = _group_id(session, owner)
+        img = _image_ref(session, image)
+        user_id = _user(session, user_name, group_id)[0] if user_name is not None else None
         existing = _bookings(session, start_dt, now)
-        res = Reservation(group_id=group.id, user_id=usr.id if usr else None, image_id=img.id if img else None,
+        res = Reservation(group_id=group_id, user_id=user_id, image_id=img[0] if img else None,
                           cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
                           hours=hours_f, platform_value=inputs.platform_value,
                           register_as_slave=inputs.register_as_slave, member=inputs.member, priority=pi,
@@ -609,11 +642,15 @@ def _instance_row(i: Instance, slave: str | None = None, owner: str | None = Non
             "started_at": iso(i.started_at), "ends_at": iso(i.ends_at), "reservation_id": i.reservation_id}
 
 
-def _running_be(session: Session) -> list[preempt.RunningVM]:
-    rows = session.execute(select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
-                                  Instance.register_as_slave, Instance.kind)
-                           .where(Instance.state.in_(HOLDS_CAPACITY), Instance.slave_id.is_not(None))).all()
-    return [preempt.RunningVM(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0], kind=str(r[6])) for r in rows]
+_RUNNING_BE = db.Prepared(
+    select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
+           Instance.register_as_slave, Instance.kind)
+    .where(Instance.state.in_([bindparam(f"hold_{s}", s, Instance.state.type) for s in HOLDS_CAPACITY]),
+           Instance.slave_id.is_not(None)))
+
+
+def _running_be(q: Session | db.Direct) -> list[preempt.RunningVM]:
+    return [preempt.RunningVM(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0], kind=str(r[6])) for r in _RUNNING_BE.all(q)]
 
 
 @dataclass
@@ -651,8 +688,8 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
     db.require_schema(url)
     rng = random.Random()  # noqa: S311 - spreads tie-breaks after a lost race; not a secret
     for attempt in range(50):
-        with db.read(url) as session:
-            plan = _decide_best_effort(session, owner, cores_n, ram_n, disk_n, hours, platform_value,
+        with db.read_direct(url) as q:
+            plan = _decide_best_effort(q, owner, cores_n, ram_n, disk_n, hours, platform_value,
                                        register_as_slave, member, image, user_name, dry_run,
                                        tie_break="random" if attempt else "lowest-id", rng=rng, explain=explain)
         if dry_run:
@@ -664,39 +701,47 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
     raise CapacityError("the slaves kept changing under this request: gave up after 50 attempts")
 
 
-def _decide_best_effort(session: Session, owner: str, cores_n: int, ram_n: int, disk_n: int | None, hours: Any,
+def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk_n: int | None, hours: Any,
                         platform_value: Any, register_as_slave: Any, member: Any, image: str | None,
                         user_name: str | None, dry_run: bool, tie_break: str, rng: random.Random,
                         explain: bool = True) -> ClaimPlan:
-    settings = db.load_settings(session)
+    settings = db.load_settings(q)
     hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
     pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_n * 60, member,
                               settings.priority_coefficient)
-    group = _group(session, owner)
-    img = _image(session, image)
-    disk = disk_n if disk_n is not None else (img.default_disk_gb if img else 0)
+    group_id = _group_id(q, owner)
+    img = _image_ref(q, image)
+    disk = disk_n if disk_n is not None else (img[1] if img else 0)
     demand = placement.Demand(cores_n, ram_n, disk)
     answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
                               "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
                               "register_as_slave": inputs.register_as_slave, "id": None}
-    plan = ClaimPlan(answer, group.id, img.id if img else None, user_name, demand, pi, settings.decline_limit,
+    plan = ClaimPlan(answer, group_id, img[0] if img else None, user_name, demand, pi, settings.decline_limit,
                        settings.mac_prefix)
     # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores now,
     # but placement and preemption deal with them, and a starting reservation suspends BE VMs.
     horizon = now + timedelta(hours=settings.booking.lookahead_max_hours)
-    granted = calendar.best_effort_hours(cores_n, now, _bookings_between(session, now, horizon, now),
-                                         _capacity(session), [], settings.booking)
+    bookings = _bookings_between(q, now, horizon, now)
+    chosen = None
+    if not bookings:
+        # With no booking ahead the look-ahead only asks whether the pool has `cores` at all, and a
+        # slave that fits answers it: every capacity >= cores gives the same hours. Choosing first
+        # spares the common request a scan of every slave (_capacity).
+        chosen = choose_slave(q, demand, settings.placement_policy, tie_break, rng, explain)
+    capacity = chosen.slave.cores_total if chosen and chosen.slave else _capacity(q)
+    granted = calendar.best_effort_hours(cores_n, now, bookings, capacity, [], settings.booking)
     hours_granted = min(hours_n, granted)
     answer["hours_granted"] = hours_granted
     if hours_granted == 0:
         answer.update(state="waiting", decision="wait",
                       reason=f"{cores_n} cores are not free of reservations for even 1 hour from {iso(now)}")
         return plan
-    chosen = choose_slave(session, demand, settings.placement_policy, tie_break, rng, explain)
+    if chosen is None:
+        chosen = choose_slave(q, demand, settings.placement_policy, tie_break, rng, explain)
     answer["explain"] = chosen.explain()
     if chosen.slave is None:
-        pre = preempt.plan(slave_states(session), demand, pi, _running_be(session), settings.placement_policy)
+        pre = preempt.plan(slave_states(q), demand, pi, _running_be(q), settings.placement_policy)
         answer.update(state="waiting", decision="suspend" if pre.action == "suspend" else "wait", reason=pre.reason,
                       slave=pre.slave.name if pre.slave else None, suspend=[v.id for v in pre.victims])
         return plan
@@ -726,43 +771,40 @@ def commit_claim(plan: ClaimPlan, url: str | None = None) -> dict[str, Any]:
     """Apply a decided request in one transaction: the slave's cores, RAM and disk by compare-and-swap
     on its generation, an address pair and a MAC, the instance row and its audit row. Raises
     ``StaleClaim`` when the slave changed since the decision: decide again on fresh state."""
-    return db.write(lambda s: _apply_best_effort(s, plan), url, retry_races=False)
+    return db.write_direct(lambda tx: _apply_best_effort(tx, plan), url, retry_races=False)
 
 
-def _apply_best_effort(session: Session, plan: ClaimPlan) -> dict[str, Any]:
+def _apply_best_effort(tx: db.Direct, plan: ClaimPlan) -> dict[str, Any]:
     answer = dict(plan.answer)
     now = config.now()
     user_id = None
     if plan.user_name is not None:
-        usr = _user(session, plan.user_name)
-        assert usr is not None
-        user_id = usr.id
+        user_id, declines = _user(tx, plan.user_name)
         # SPEC §3.4: a client may decline to register as a slave `decline_limit` times (atomic check).
         if not answer["register_as_slave"]:
-            counted = session.connection().execute(_DECLINE, {"uid": usr.id, "limit": plan.decline_limit})
-            if counted.rowcount != 1:
+            if _DECLINE.run(tx, {"uid": user_id, "limit": plan.decline_limit}).rowcount != 1:
                 answer.update(state="refused", decision="refused",
-                              reason=f"user {usr.name} declined to register as a slave {usr.declines} times"
+                              reason=f"user {plan.user_name} declined to register as a slave {declines} times"
                                      f" (limit {plan.decline_limit}): register (register_as_slave=1) to be served")
                 raise db.DryRun(answer)  # a refusal writes nothing
         else:
-            usr.registered_slave = 1
-    values = {"image_id": plan.image_id, "group_id": plan.group_id, "user_id": user_id, "cores": plan.demand.cores,
-              "ram_mb": plan.demand.ram_mb, "disk_gb": plan.demand.disk_gb, "state": InstanceState.PENDING,
-              "kind": InstanceKind.BE, "priority": plan.priority, "register_as_slave": answer["register_as_slave"],
-              "created_at": now, "updated_at": now}
+            _REGISTERED.run(tx, {"uid": user_id})
+    values = {"image_id": plan.image_id, "group_id": plan.group_id, "user_id": user_id, "slave_id": None,
+              "cores": plan.demand.cores, "ram_mb": plan.demand.ram_mb, "disk_gb": plan.demand.disk_gb,
+              "state": InstanceState.PENDING, "kind": InstanceKind.BE, "priority": plan.priority,
+              "register_as_slave": answer["register_as_slave"], "ends_at": None, "created_at": now, "updated_at": now}
     if plan.slave is None:  # wait or suspend first: keep it in the queue (pending, no slave) for the dispatcher
-        inst_id = session.connection().execute(_NEW_INSTANCE, [values]).scalar_one()
+        inst_id = _NEW_INSTANCE.scalar(tx, values)
         answer["id"] = inst_id
-        audit(session, "instance", inst_id, "queued", None, {"decision": answer["decision"],
-                                                             "reason": answer["reason"]}, now)
+        audit(tx, "instance", inst_id, "queued", None, {"decision": answer["decision"], "reason": answer["reason"]},
+              now)
         return answer
-    claim_slave(session, plan.slave, plan.demand)
+    claim_slave(tx, plan.slave, plan.demand)
     values.update(slave_id=plan.slave.id, ends_at=plan.ends)
-    inst_id = session.connection().execute(_NEW_INSTANCE, [values]).scalar_one()
-    mac, private_ip, public_ip = allocate_addresses(session, inst_id, plan.mac_prefix)
+    inst_id = _NEW_INSTANCE.scalar(tx, values)
+    mac, private_ip, public_ip = allocate_addresses(tx, inst_id, plan.mac_prefix)
     answer.update(id=inst_id, mac=mac, private_ip=private_ip, public_ip=public_ip)
-    audit(session, "instance", inst_id, "claim", None, {k: answer[k] for k in (
+    audit(tx, "instance", inst_id, "claim", None, {k: answer[k] for k in (
         "slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip", "ends_at")}, now)
     return answer
 

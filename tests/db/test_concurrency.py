@@ -7,10 +7,10 @@ import os
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from vcl_sched import calendar, db, service
-from vcl_sched.models import AddressPair, Instance, InstanceState, Reservation, ReservationState, Slave
+from vcl_sched import calendar, db, placement, service
+from vcl_sched.models import AddressPair, AuditLog, Group, Instance, InstanceState, Reservation, ReservationState, Slave
 
 WORKERS = 8
 PER_WORKER = 6
@@ -27,6 +27,33 @@ def _requests(url: str, worker: int, barrier) -> list[str]:  # runs in a child p
     return decisions
 
 
+def _dispatch(url: str, worker: int, barrier) -> tuple[int, int]:  # runs in a child process
+    """A dispatcher's loop: decide in memory on a view read once, commit with commit_claim; a lost
+    race re-reads the slave and decides again, until the view has no room left."""
+    os.environ.update(VCL_DB_URL=url, VCL_NOW="2026-11-22 10:00", VCL_ACTOR=f"worker{worker}")
+    demand = placement.Demand(1, 256, 1)
+    with db.read(url) as s:  # every worker reads the same view before the start: all first pick s0
+        index = placement.PlacementIndex(service.slave_states(s), "spread")
+        group_id = s.scalar(select(Group.id).where(Group.name == "cs"))
+    barrier.wait()
+    placed = lost = 0
+    while placed < PER_WORKER:
+        slave = index.place(demand).slave
+        if slave is None:
+            break
+        try:
+            service.commit_claim(service.new_claim_plan(slave, demand, group_id=group_id, priority=8.5,
+                                                        ends=datetime(2026, 11, 22, 11)), url)
+        except service.StaleClaim:
+            lost += 1
+            with db.read(url) as s:
+                index.update(service.slave_state(s, slave.id))
+            continue
+        index.update(slave.claimed(demand))
+        placed += 1
+    return placed, lost
+
+
 def _reservations(url: str, worker: int, barrier) -> list[str]:  # runs in a child process
     os.environ.update(VCL_DB_URL=url, VCL_NOW="2026-11-22 10:00", VCL_ACTOR=f"worker{worker}")
     barrier.wait()
@@ -38,13 +65,37 @@ def _reservations(url: str, worker: int, barrier) -> list[str]:  # runs in a chi
     return states
 
 
-def _run(target, url):
+def _run(target, url, flatten=True):
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(WORKERS)
         with ctx.Pool(WORKERS) as pool:
             results = pool.starmap(target, [(url, w, barrier) for w in range(WORKERS)])
-    return [x for r in results for x in r]
+    return [x for r in results for x in r] if flatten else results
+
+
+def _assert_no_double_booking(url, placed_count):
+    """Cores per slave are what its instances hold; MACs, private and public IPs are never shared;
+    every placed instance holds exactly its own pair and has its claim in the audit log."""
+    with db.read(url) as s:
+        placed = s.execute(select(Instance.id, Instance.slave_id, Instance.cores, Instance.mac, Instance.private_ip,
+                                  Instance.public_ip).where(Instance.slave_id.is_not(None),
+                                                            Instance.state == InstanceState.PENDING)).all()
+        used = dict(s.execute(select(Slave.id, Slave.cores_used)).all())
+        total = dict(s.execute(select(Slave.id, Slave.cores_total)).all())
+        pairs = {r[0]: tuple(r[1:]) for r in s.execute(select(
+            AddressPair.instance_id, AddressPair.mac, AddressPair.private_ip, AddressPair.public_ip).where(
+            AddressPair.instance_id.is_not(None))).all()}
+        claims = s.scalar(select(func.count()).select_from(AuditLog).where(AuditLog.action == "claim"))
+    assert len(placed) == placed_count == claims
+    per_slave = Counter()
+    for _, slave_id, cores, *_ in placed:
+        per_slave[slave_id] += cores
+    assert all(per_slave[i] == used[i] <= total[i] for i in used)
+    for column in (3, 4, 5):
+        values = [row[column] for row in placed]
+        assert len(values) == len(set(values)) == placed_count
+    assert pairs == {row[0]: tuple(row[3:]) for row in placed}
 
 
 def test_concurrent_best_effort_claims_never_share_cores_or_addresses(db_url):
@@ -58,21 +109,21 @@ def test_concurrent_best_effort_claims_never_share_cores_or_addresses(db_url):
     assert len(decisions) == WORKERS * PER_WORKER
     assert Counter(decisions)["place"] == 24  # exactly the pool's cores; the rest wait
     assert set(decisions) == {"place", "wait"}
-    with db.read(db_url) as s:
-        placed = s.execute(select(Instance.slave_id, Instance.cores, Instance.mac, Instance.private_ip,
-                                  Instance.public_ip).where(Instance.slave_id.is_not(None),
-                                                            Instance.state == InstanceState.PENDING)).all()
-        used = dict(s.execute(select(Slave.id, Slave.cores_used)).all())
-        pairs = s.execute(select(AddressPair.instance_id, AddressPair.mac).where(
-            AddressPair.instance_id.is_not(None))).all()
-    per_slave = Counter()
-    for slave_id, cores, *_ in placed:
-        per_slave[slave_id] += cores
-    assert dict(per_slave) == used and all(v <= 8 for v in used.values())
-    for column in (2, 3, 4):
-        values = [row[column] for row in placed]
-        assert len(values) == len(set(values)) == 24
-    assert len(pairs) == 24 and len({m for _, m in pairs}) == 24
+    _assert_no_double_booking(db_url, 24)
+
+
+def test_concurrent_dispatchers_with_stale_views_never_share_cores_or_addresses(db_url):
+    service.configure({"private_pool": "10.79.1.10-10.79.1.250", "public_pool": "10.79.0.10-10.79.0.250"}, db_url)
+    service.add_group("cs", url=db_url)
+    for i in range(3):
+        service.add_slave(f"s{i}", f"10.79.0.{i + 1}", 8, 65536, 100, url=db_url)
+
+    results = _run(_dispatch, db_url, flatten=False)
+
+    placed, lost = sum(p for p, _ in results), sum(x for _, x in results)
+    assert placed == 24  # 48 wanted, 24 cores: every core claimed exactly once
+    assert lost >= WORKERS - 1  # all first chose s0 at generation 0: one won, the others lost and retried
+    _assert_no_double_booking(db_url, 24)
 
 
 def test_concurrent_reservations_never_overbook_a_slice(db_url):
