@@ -6,7 +6,6 @@ in the database but no longer in the inventory as draining. A slave is never del
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 from vcl_sched import config, db
 from vcl_sched.errors import ConflictError, NotFoundError, ValidationError
 from vcl_sched.models import Instance, InstanceState, Slave, SlaveStatus
-from vcl_sched.service import _slave_row, audit, check_name, whole
+from vcl_sched.service import _slave_row, audit, check_name, slave_input
 
 #: Instances in these states live on their slave (a suspended VM keeps its disk and saved memory there).
 ON_SLAVE = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDED)
@@ -27,13 +26,7 @@ def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: An
 
     A registered slave is `up`: it answered the run that gathered its facts. Returns
     ``{"changed": bool, "action": "create" | "update" | "none", "slave": row, "before": row | None}``."""
-    name = check_name("name", name)
-    try:
-        address = str(ipaddress.ip_address(str(address).strip()))
-    except ValueError:
-        raise ValidationError("address", f"{address!r} is not an IP address") from None
-    capacity = {"cores_total": whole("cores", cores), "ram_mb_total": whole("ram_mb", ram_mb),
-                "disk_gb_total": whole("disk_gb", disk_gb)}  # fmt: skip
+    name, address, capacity = slave_input(name, address, cores, ram_mb, disk_gb)
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:

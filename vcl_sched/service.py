@@ -306,8 +306,8 @@ def _slave_row(s: Slave) -> dict[str, Any]:
             "disk_gb_free": s.disk_gb_total - s.disk_gb_used, "generation": s.generation, "joined_at": iso(s.joined_at)}
 
 
-def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, status: str = "up",
-              url: str | None = None) -> dict[str, Any]:
+def slave_input(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: Any) -> tuple[str, str, dict[str, int]]:
+    """A slave's name, address and total capacity, checked; a bad value names its field."""
     name = check_name("name", name)
     try:
         address = str(ipaddress.ip_address(str(address).strip()))
@@ -315,6 +315,12 @@ def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, st
         raise ValidationError("address", f"{address!r} is not an IP address") from None
     capacity = {"cores_total": whole("cores", cores), "ram_mb_total": whole("ram_mb", ram_mb),
                 "disk_gb_total": whole("disk_gb", disk_gb)}
+    return name, address, capacity
+
+
+def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, status: str = "up",
+              url: str | None = None) -> dict[str, Any]:
+    name, address, capacity = slave_input(name, address, cores, ram_mb, disk_gb)
     state = _slave_status(status)
     db.require_schema(url)
 
