@@ -143,14 +143,3 @@ def check_inventory(
             Problem("inventory", "lab_domain_type", f"{domain_type!r}: choose one of {', '.join(DOMAIN_TYPES)}")
         )
     return problems
-
-
-def check_virtualization(host: str, domain_type: str, cpu_flags_found: bool) -> Problem | None:
-    """A slave asked to run `kvm` domains needs VT-x/AMD-V (vmx or svm in /proc/cpuinfo)."""
-    if domain_type == "kvm" and not cpu_flags_found:
-        return Problem(
-            host, "lab_domain_type",
-            "kvm needs VT-x/AMD-V, but /proc/cpuinfo shows neither vmx nor svm. Enable virtualization in the "
-            "firmware (BIOS/UEFI) setup, or set lab_domain_type: qemu (software emulation, slow) or auto.",
-        )  # fmt: skip
-    return None
