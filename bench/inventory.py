@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vcl_sched import db, service
-from vcl_sched.inventory import HOSTVARS, REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, status_group
+from vcl_sched.inventory import HOSTVARS, REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, plain, status_group
 from vcl_sched.models import Slave
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,17 +93,6 @@ def run_inventory(sources: list[Path], env: dict[str, str]) -> tuple[float, str]
     if proc.returncode != 0:
         raise SystemExit(f"ansible-inventory {argv[1:]} failed ({proc.returncode}):\n{proc.stderr}")
     return elapsed, proc.stdout
-
-
-def plain(value):
-    """--list shows values that are not templates (the plugin's) as {"__ansible_unsafe": ...}."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def comparable(listing: str) -> dict:

@@ -72,7 +72,7 @@ def cmd_db_init(args: argparse.Namespace) -> int:
 
 
 def cmd_db_version(args: argparse.Namespace) -> int:
-    data = {"url": service._safe_url(config.db_url()), "current": db.current_revision(), "head": db.head_revision()}
+    data = {"url": config.safe_url(config.db_url()), "current": db.current_revision(), "head": db.head_revision()}
     emit(args, data, fields)
     return EXIT_OK
 

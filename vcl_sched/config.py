@@ -60,6 +60,17 @@ def now() -> datetime:
     return datetime.now().replace(microsecond=0)
 
 
+def safe_url(url: str) -> str:
+    """The database URL with its password hidden, for messages and output."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def pool_bounds(value: str, field_name: str) -> tuple[int, int]:
     """An address pool, 'A-B' (inclusive range) or a CIDR network (its usable hosts), IPv4, as
     (first, last) integers. Checked without listing its addresses: this runs on every request."""

@@ -470,7 +470,7 @@ def require_schema(url: str | None = None) -> None:
     try:
         current = current_revision(url)
     except OperationalError as err:
-        raise VclError(f"cannot open the lab database ({url}): {err.orig}") from None
+        raise VclError(f"cannot open the lab database ({config.safe_url(url)}): {err.orig}") from None
     if current is None:
         raise VclError("the lab database is not initialised: run `vcl db init`")
     if current != head_revision():

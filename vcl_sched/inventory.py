@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from . import db
+from .config import safe_url
 from .errors import VclError
 from .models import Slave, SlaveStatus
 
@@ -63,12 +64,16 @@ def status_group(status: str) -> str:
     return f"{STATUS_GROUP_PREFIX}{status}"
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+def plain(value: Any) -> Any:
+    """``ansible-inventory --list`` output without its unsafe markers: strings that are data, never
+    templates (the plugin's), show there as ``{"__ansible_unsafe": ...}``."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def fetch_slaves(url: str) -> list[dict[str, Any]]:

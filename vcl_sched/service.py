@@ -173,14 +173,8 @@ def init(url: str | None = None) -> dict[str, Any]:
         return settings
 
     settings = db.write(seed, url)
-    return {"url": _safe_url(url or config.db_url()), "schema": db.current_revision(url),
+    return {"url": config.safe_url(url or config.db_url()), "schema": db.current_revision(url),
             "settings": settings.to_json()}
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def get_settings(url: str | None = None) -> config.Settings:

@@ -78,7 +78,7 @@ def main():
             revision=head if not module.check_mode else before,
             settings=current,
             updated=sorted(updates),
-            url=service._safe_url(url or config.db_url()),
+            url=config.safe_url(url or config.db_url()),
         )
     except VclError as err:
         module.fail_json(msg=str(err))

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from vcl_sched import config, db, service
-from vcl_sched.inventory import fetch_slaves
+from vcl_sched.inventory import fetch_slaves, plain
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -46,17 +46,6 @@ def failure(source, env=None, drop=()):
     lines = [line for line in proc.stderr.splitlines() if "with 'auto' plugin:" in line]
     assert lines, proc.stderr
     return lines[0].split("with 'auto' plugin: ", 1)[1]
-
-
-def plain(value):
-    """Strings that are data, not templates, show as {"__ansible_unsafe": ...} in --list."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def groups_of(data):
