@@ -1,0 +1,511 @@
+#!/usr/bin/python
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""The ``vcl_domain`` module: one VM's libvirt domain on a slave (define + start, managed save, remove).
+
+Runs on the slave with its python3-libvirt. A launch that fails part-way undoes exactly what the same run
+created (the domain definition, the overlay, files libvirt left behind), so a slave never keeps half a VM.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vcl_domain
+short_description: Run, suspend (managed save) or remove one VM's libvirt domain on a VCL slave
+description:
+  - Runs on a slave (needs python3-libvirt there) and talks to libvirt at O(uri).
+  - C(state=running) when the domain does not exist creates the instance's copy-on-write O(overlay) of
+    the cached O(base) image (C(qemu-img create -f qcow2 -b BASE -F qcow2 OVERLAY), only when the overlay
+    is missing), defines the domain from O(xml) with libvirt's schema validation, and starts it.
+    If any of these steps fails, whatever this run created is removed again (domain definition, overlay,
+    O(cleanup_paths) that did not exist before) and the module fails naming the step.
+  - C(state=running) on a defined domain that is shut off starts it; when it has a managed save image
+    the start restores the saved guest (this is how a suspended VM is resumed). A paused domain is resumed.
+    A running domain is left alone (no change). O(xml) is only used to define a missing domain.
+  - C(state=suspended) saves the guest's memory to disk with libvirt's managed save, so the QEMU process
+    ends and the slave's RAM is freed. A domain that is already saved is left alone; a defined domain that
+    is shut off without a save image, or a missing one, fails.
+  - C(state=absent) stops the domain if it is active, undefines it together with its managed save image,
+    snapshot metadata and NVRAM, then removes O(overlay) and O(cleanup_paths).
+  - O(xml) is refused when it is not a C(<domain>) named O(name), when O(overlay) is not one of its disks,
+    or when it has a VNC (or SPICE) console without a password (or a VNC password longer than 8 characters,
+    which libvirt refuses).
+  - Every input is checked before anything changes; a bad one fails naming the field.
+version_added: "0.1.0"
+author: VCL project
+options:
+  name:
+    description:
+      - The domain's name, C(vcl-<id>) where the id is letters, digits and C(_) (at most 21).
+    type: str
+    required: true
+  state:
+    description: What the domain must be after the run.
+    type: str
+    choices: [running, suspended, absent]
+    default: running
+  xml:
+    description:
+      - The domain XML (for example rendered from C(playbooks/templates/domain.xml.j2)).
+      - Required with O(state=running) when the domain is not defined yet; checked whenever given.
+    type: str
+  base:
+    description:
+      - The cached base image (qcow2) the overlay is backed by.
+      - Required with O(state=running) when O(overlay) has to be created.
+    type: path
+  overlay:
+    description:
+      - The instance's qcow2 overlay; must be a disk of O(xml).
+      - Created when missing and the domain is being defined; removed with O(state=absent).
+    type: path
+  cleanup_paths:
+    description:
+      - Further files of the VM removed with O(state=absent) (for example the serial console log).
+      - Files among them that a failed launch left behind are removed too.
+    type: list
+    elements: path
+    default: []
+  uri:
+    description: The libvirt connection URI (C(test:///default) in unit tests).
+    type: str
+    default: qemu:///system
+notes:
+  - Supports check mode; C(changed), RV(domain_state) and RV(created) then tell what would happen.
+  - Needs python3-libvirt and, to create overlays, C(qemu-img) (qemu-utils) on the slave.
+  - Runs for the same domain are serialised with a lock file in C(/run/lock).
+"""
+
+EXAMPLES = r"""
+- name: Launch the VM (overlay, define, start)
+  vcl_domain:
+    name: vcl-42
+    state: running
+    xml: "{{ lookup('ansible.builtin.template', 'templates/domain.xml.j2') }}"
+    base: /var/lib/vcl/images/debian-12.qcow2
+    overlay: /var/lib/vcl/instances/vcl-42.qcow2
+  register: vm
+
+- name: Suspend it (guest memory to disk, RAM freed)
+  vcl_domain:
+    name: vcl-42
+    state: suspended
+
+- name: Resume it
+  vcl_domain:
+    name: vcl-42
+    state: running
+
+- name: Remove it and its files
+  vcl_domain:
+    name: vcl-42
+    state: absent
+    overlay: /var/lib/vcl/instances/vcl-42.qcow2
+    cleanup_paths:
+      - /var/log/vcl/vcl-42.serial.log
+"""
+
+RETURN = r"""
+domain_state:
+  description: >-
+    The domain's state after the run (predicted in check mode): C(running), C(paused), C(shutoff),
+    C(absent), or another libvirt state (C(blocked), C(shutdown), C(crashed), C(pmsuspended), C(nostate)).
+  returned: always
+  type: str
+  sample: running
+managed_save:
+  description: Whether the domain has a managed save image (it is suspended).
+  returned: always
+  type: bool
+vnc_port:
+  description: The VNC port of the running domain (from its live XML); null when not running or not known.
+  returned: always
+  type: int
+  sample: 5900
+uuid:
+  description: The domain's UUID; null when it does not exist (or would only be defined in check mode).
+  returned: always
+  type: str
+created:
+  description: >-
+    What this run created (in check mode: would create), in order: C(overlay), C(domain).
+    Empty after a failure, since everything created was removed again.
+  returned: always
+  type: list
+  elements: str
+  sample: [overlay, domain]
+removed:
+  description: Files this run removed (overlay, cleanup paths, or leftovers of a failed launch).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import contextlib  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import xml.etree.ElementTree as ET  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+try:
+    import libvirt
+except ImportError:  # pragma: no cover - reported by main()
+    libvirt = None
+
+NAME_RE = re.compile(r"^vcl-[A-Za-z0-9_]{1,21}$")
+URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
+LOCK_DIRS = ("/run/lock", "/run")
+VNC_PASSWD_MAX = 8  # libvirt's qemu driver refuses longer VNC passwords at define
+STATE_NAMES = {
+    0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed",
+    7: "pmsuspended",
+}  # fmt: skip
+ACTIVE_STATES = {"running", "blocked", "paused", "pmsuspended", "shutdown"}
+
+
+class InputError(ValueError):
+    """A bad parameter; the message names the field."""
+
+
+class StepError(RuntimeError):
+    """A libvirt or qemu-img step failed; the message names the step."""
+
+
+def _abs_path(value, field):
+    if value is None:
+        return None
+    if not value or not os.path.isabs(value) or "\0" in value:
+        raise InputError(f"{field}: {value!r} is not an absolute path")
+    path = os.path.normpath(value)
+    if path == "/" or os.path.isdir(path):
+        raise InputError(f"{field}: {value!r} is a directory, not a file")
+    return path
+
+
+def _graphics_errors(root):
+    for graphics in root.iter("graphics"):
+        kind, passwd = graphics.get("type"), graphics.get("passwd")
+        if kind in ("vnc", "spice") and not passwd:
+            listens = [graphics.get("listen")] + [le.get("address") for le in graphics.iter("listen")]
+            where = ", ".join(sorted({a for a in listens if a})) or "the default address"
+            yield f"xml: {kind} graphics on {where} has no passwd attribute (never a console without a password)"
+        elif kind == "vnc" and len(passwd) > VNC_PASSWD_MAX:
+            yield f"xml: the VNC passwd is {len(passwd)} characters long; VNC allows at most {VNC_PASSWD_MAX}"
+
+
+def check_xml(xml, name, overlay):
+    """The parsed domain XML, or InputError naming ``xml`` (or ``overlay``) with what is wrong."""
+    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:  # no entity expansion tricks: libvirt needs neither
+        raise InputError("xml: a DOCTYPE or ENTITY declaration is not allowed in domain XML")
+    try:
+        root = ET.fromstring(xml)  # noqa: S314  (no DTD, checked above; written by the controller)
+    except ET.ParseError as err:
+        raise InputError(f"xml: not well-formed XML ({err})") from None
+    if root.tag != "domain":
+        raise InputError(f"xml: the root element is <{root.tag}>, not <domain>")
+    found = (root.findtext("name") or "").strip()
+    if found != name:
+        raise InputError(f"xml: the domain's <name> is {found!r}, not {name!r} (option name)")
+    for error in _graphics_errors(root):
+        raise InputError(error)
+    if overlay is not None:
+        sources = {
+            os.path.normpath(src.get("file"))
+            for disk in root.iter("disk")
+            for src in disk.findall("source")
+            if src.get("file")
+        }
+        if overlay not in sources:
+            raise InputError(f"overlay: {overlay} is not a disk of the domain XML (its disks: {sorted(sources)})")
+    return root
+
+
+def validate(p):
+    """Check every input; returns the normalised parameters or raises InputError naming the field."""
+    name = p["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InputError(f"name: {name!r} is not vcl-<id> (id: letters, digits and _, at most 21)")
+    if not URI_RE.match(p["uri"] or ""):
+        raise InputError(f"uri: {p['uri']!r} is not a libvirt URI (for example qemu:///system)")
+    out = dict(p)
+    out["base"] = _abs_path(p["base"], "base")
+    out["overlay"] = _abs_path(p["overlay"], "overlay")
+    out["cleanup_paths"] = [_abs_path(v, "cleanup_paths") for v in p["cleanup_paths"]]
+    if out["base"] is not None and out["base"] == out["overlay"]:
+        raise InputError("overlay: must not be the base image itself")
+    if out["base"] is not None and out["base"] in out["cleanup_paths"]:
+        raise InputError("cleanup_paths: must not list the base image")
+    if p["xml"] is not None:
+        check_xml(p["xml"], name, out["overlay"])
+        out["xml"] = resolve_domain_type(p["xml"])
+    return out
+
+
+KVM_FACT = "/etc/ansible/facts.d/vcl_kvm.fact"
+_AUTO_TYPE = re.compile(r"""^(\s*<domain\s+type=)(['"])auto\2""")
+
+
+def resolve_domain_type(xml, fact=KVM_FACT, cpuinfo="/proc/cpuinfo"):
+    """``<domain type='auto'>`` becomes this slave's type: the kvm role's fact, else kvm where the CPU
+    has VT-x/AMD-V (vmx or svm in cpuinfo; /dev/kvm and libvirt's capabilities are not trusted), else qemu."""
+    if not _AUTO_TYPE.match(xml):
+        return xml
+    kind = None
+    try:
+        with open(fact, encoding="utf-8") as handle:
+            kind = json.load(handle).get("domain_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind not in ("kvm", "qemu"):
+        try:
+            with open(cpuinfo, encoding="utf-8") as handle:
+                flags = handle.read()
+        except OSError:
+            flags = ""
+        kind = "kvm" if re.search(r"\b(vmx|svm)\b", flags) else "qemu"
+    return _AUTO_TYPE.sub(lambda m: f"{m.group(1)}{m.group(2)}{kind}{m.group(2)}", xml, count=1)
+
+
+def _state_name(dom):
+    return STATE_NAMES.get(dom.state()[0], "nostate")
+
+
+def _vnc_port(dom):
+    try:
+        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314  (libvirt's own output)
+    except (libvirt.libvirtError, ET.ParseError):
+        return None
+    for graphics in root.iter("graphics"):
+        if graphics.get("type") == "vnc":
+            try:
+                port = int(graphics.get("port", "-1"))
+            except ValueError:
+                return None
+            return port if port > 0 else None
+    return None
+
+
+def _undefine(dom):
+    flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    try:
+        dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    except libvirt.libvirtError as err:
+        # Drivers without NVRAM support (libvirt's test driver) refuse the flag: retry without it.
+        if err.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise
+        dom.undefineFlags(flags)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _lock(name):
+    directory = next((d for d in LOCK_DIRS if os.access(d, os.W_OK)), None)
+    if directory is None:  # pragma: no cover - nowhere to lock: run unserialised
+        yield
+        return
+    with open(os.path.join(directory, f"vcl_domain.{name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Domain:
+    """The work of one run against one connection; ``result`` is what the module returns."""
+
+    def __init__(self, module, conn, p):
+        self.module, self.conn, self.p = module, conn, p
+        self.check = module.check_mode
+        self.result = {"changed": False, "created": [], "removed": [], "uuid": None, "managed_save": False,
+                       "vnc_port": None, "domain_state": "absent"}  # fmt: skip
+
+    def lookup(self):
+        try:
+            return self.conn.lookupByName(self.p["name"])
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise StepError(f"looking up domain {self.p['name']} failed: {err}") from None
+
+    def describe(self, dom):
+        if dom is None:
+            return
+        self.result["uuid"] = dom.UUIDString()
+        self.result["managed_save"] = bool(dom.hasManagedSaveImage(0))
+        self.result["domain_state"] = _state_name(dom)
+        self.result["vnc_port"] = _vnc_port(dom) if self.result["domain_state"] == "running" else None
+
+    def step(self, what, call, *args):
+        try:
+            return call(*args)
+        except libvirt.libvirtError as err:
+            raise StepError(f"{what} failed: {err}") from None
+
+    # -- state=running -------------------------------------------------------------------------
+    def running(self):
+        p, dom = self.p, self.lookup()
+        if dom is not None:
+            return self.start_existing(dom)
+        if p["xml"] is None:
+            raise InputError(f"xml: required to define {p['name']}, which is not defined yet")
+        make_overlay = p["overlay"] is not None and not os.path.exists(p["overlay"])
+        if make_overlay:
+            if p["base"] is None:
+                raise InputError(f"base: required to create the overlay {p['overlay']}, which does not exist")
+            if not os.path.isfile(p["base"]):
+                raise InputError(f"base: {p['base']} does not exist")
+            if not os.path.isdir(os.path.dirname(p["overlay"])):
+                raise InputError(f"overlay: directory {os.path.dirname(p['overlay'])} does not exist")
+            qemu_img = self.module.get_bin_path("qemu-img")
+            if qemu_img is None:
+                raise StepError("creating the overlay needs qemu-img (Debian package qemu-utils) on the slave")
+        self.result["changed"] = True
+        if self.check:
+            self.result["created"] = (["overlay"] if make_overlay else []) + ["domain"]
+            self.result["domain_state"] = "running"
+            return
+        existed = {path for path in p["cleanup_paths"] if os.path.lexists(path)}
+        created, dom = self.result["created"], None
+        try:
+            if make_overlay:
+                argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", p["base"], "-F", "qcow2", p["overlay"]]
+                created.append("overlay")  # before the call: a half-written file is removed too
+                rc, _, err = self.module.run_command(argv, check_rc=False)
+                if rc != 0:
+                    raise StepError(f"creating the overlay failed: {' '.join(argv)}: {err.strip()}")
+            dom = self.step("defining the domain", self.conn.defineXMLFlags, p["xml"],
+                            libvirt.VIR_DOMAIN_DEFINE_VALIDATE)  # fmt: skip
+            created.append("domain")
+            self.step("starting the domain", dom.create)
+        except StepError as err:
+            undone = self.rollback(dom, existed)
+            self.result["created"] = []
+            raise StepError(f"{err}; rolled back: {', '.join(undone) or 'nothing to undo'}") from None
+        self.describe(dom)
+
+    def start_existing(self, dom):
+        state = _state_name(dom)
+        if state == "paused":
+            self.result["changed"] = True
+            if not self.check:
+                self.step("resuming the paused domain", dom.resume)
+        elif state not in ACTIVE_STATES:
+            if self.p["overlay"] is not None and not os.path.exists(self.p["overlay"]):
+                raise StepError(f"overlay: {self.p['overlay']} does not exist but {self.p['name']} is defined"
+                                " with it; remove the domain (state=absent) and launch again")  # fmt: skip
+            self.result["changed"] = True
+            if not self.check:
+                saved = dom.hasManagedSaveImage(0)
+                self.step("restoring the domain from its managed save" if saved else "starting the domain",
+                          dom.create)  # fmt: skip
+        self.describe(dom)
+        if self.check and self.result["changed"]:
+            self.result.update(domain_state="running", managed_save=False)
+
+    def rollback(self, dom, existed):
+        """Undo this run's creations; returns what was undone. Never raises: the first error matters."""
+        undone = []
+        if dom is not None and "domain" in self.result["created"]:
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            try:
+                _undefine(dom)
+                undone.append("domain")
+            except libvirt.libvirtError as err:
+                undone.append(f"domain NOT undefined ({err})")
+        if "overlay" in self.result["created"] and _remove(self.p["overlay"]):
+            undone.append("overlay")
+        for path in self.p["cleanup_paths"]:
+            if path not in existed and _remove(path):
+                undone.append(path)
+                self.result["removed"].append(path)
+        return undone
+
+    # -- state=suspended -----------------------------------------------------------------------
+    def suspended(self):
+        dom = self.lookup()
+        if dom is None:
+            raise StepError(f"cannot suspend {self.p['name']}: the domain is not defined")
+        state, saved = _state_name(dom), bool(dom.hasManagedSaveImage(0))
+        if state in ACTIVE_STATES:
+            self.result["changed"] = True
+            if not self.check:
+                self.step("managed save of the domain", dom.managedSave, 0)
+        elif not saved:
+            raise StepError(f"cannot suspend {self.p['name']}: it is {state} without a managed save image"
+                            " (there is no guest memory to save)")  # fmt: skip
+        self.describe(dom)
+        if self.check and self.result["changed"]:
+            self.result.update(domain_state="shutoff", managed_save=True, vnc_port=None)
+
+    # -- state=absent --------------------------------------------------------------------------
+    def absent(self):
+        dom = self.lookup()
+        if dom is not None:
+            self.result["changed"] = True
+            self.result["uuid"] = dom.UUIDString()
+            if not self.check:
+                persistent = dom.isPersistent()  # a transient domain is gone once destroyed
+                if dom.isActive():
+                    self.step("stopping the domain", dom.destroy)
+                if persistent:
+                    self.step("undefining the domain", _undefine, dom)
+        for path in filter(None, [self.p["overlay"], *self.p["cleanup_paths"]]):
+            if os.path.lexists(path):
+                self.result["changed"] = True
+                self.result["removed"].append(path)
+                if not self.check:
+                    _remove(path)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "state": {"type": "str", "choices": ["running", "suspended", "absent"], "default": "running"},
+            "xml": {"type": "str", "no_log": True},
+            "base": {"type": "path"},
+            "overlay": {"type": "path"},
+            "cleanup_paths": {"type": "list", "elements": "path", "default": []},
+            "uri": {"type": "str", "default": "qemu:///system"},
+        },
+        supports_check_mode=True,
+    )
+    try:
+        p = validate(module.params)
+    except InputError as err:
+        module.fail_json(msg=str(err))
+    if libvirt is None:
+        module.fail_json(msg="vcl_domain needs the libvirt Python bindings on the slave (Debian: python3-libvirt)")
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors go to the result, not stderr
+
+    with _lock(p["name"]):
+        try:
+            conn = libvirt.open(p["uri"])
+        except libvirt.libvirtError as err:
+            module.fail_json(msg=f"uri: cannot connect to {p['uri']}: {err}")
+        work = Domain(module, conn, p)
+        try:
+            getattr(work, p["state"])()
+        except (InputError, StepError) as err:
+            module.fail_json(msg=str(err), **work.result)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+    module.exit_json(**work.result)
+
+
+if __name__ == "__main__":
+    main()
