@@ -1,4 +1,4 @@
-"""`vcl lab up|down|status` (also runnable alone: ``python3 -m vcl_sched.lab.cli up``)."""
+"""`vcl lab up|down|status|guest` (also runnable alone: ``python3 -m vcl_sched.lab.cli up``)."""
 
 from __future__ import annotations
 
@@ -81,14 +81,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if data["healthy"] or (args.no_probe and data["exists"]) else 3
 
 
+def cmd_guest(args: argparse.Namespace) -> int:
+    from vcl_sched.lab.guest import ensure_guest
+
+    try:
+        guest = ensure_guest(rebuild=args.rebuild, progress=_progress(args))
+    except VclError as err:
+        return _fail(args, err)
+    if _json(args):
+        print(json.dumps({"ok": True, **guest.to_dict()}, indent=2))
+    else:
+        how = f"built in {guest.build_seconds:.1f} s" if guest.built else "cached"
+        print(f"test guest {guest.key} ({how}): {guest.kernel_package} {guest.kernel_version}")
+        for label, path in (("vmlinux", guest.vmlinux), ("initrd", guest.initrd), ("disk", guest.disk)):
+            print(f"  {label:<8} {path}")
+        print(f"  cmdline  {guest.cmdline}  (static address: add vcl.ip=ADDR/PREFIX [vcl.gw=ADDR])")
+        print(f"  marker   tcp port {guest.marker_port}: one line `vcl-guest ready <ip> <mac>` per connection")
+    return 0
+
+
 def add_parser(subparsers) -> None:
-    """Register `lab` with its `up`, `down` and `status` sub-commands on the `vcl` command."""
+    """Register `lab` with its `up`, `down`, `status` and `guest` sub-commands on the `vcl` command."""
     lab = subparsers.add_parser(
         "lab",
         help="the simulated lab: systemd-nspawn machines on this host",
         description="A lab of systemd-nspawn machines (master, slaves, a client) on a guarded host bridge.",
     )
-    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status}")
+    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status,guest}")
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -112,6 +131,11 @@ def add_parser(subparsers) -> None:
     common(p_status)
     p_status.add_argument("--no-probe", action="store_true", help="skip the ssh and libvirtd checks")
     p_status.set_defaults(func=cmd_status)
+
+    p_guest = sub.add_parser("guest", help="build (once) the tiny bootable test VM: vmlinux, initrd, qcow2 base")
+    p_guest.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    p_guest.add_argument("--rebuild", action="store_true", help="build again even when cached")
+    p_guest.set_defaults(func=cmd_guest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,30 @@ def default_inventory_dir(name: str) -> Path:
     return state_dir(name) / "inventory"
 
 
+def _images() -> list[str]:
+    """``lab_images``: the test guest `vcl lab guest` built (a Debian kernel and a busybox initramfs that
+    takes a DHCP lease and answers on port 80), which site.yml copies into the master's image store."""
+    from vcl_sched.lab.guest import current_guest
+
+    built = current_guest()
+    if built is None:
+        return ["    lab_images: []"]
+    return [
+        "    lab_images:                        # copied into the master's image store by site.yml",
+        "      - name: vcl-guest",
+        f"        version: {built.key}               # a new build gets its own directory: images in use never change",
+        '        description: "test guest: Debian kernel + busybox initramfs, DHCP, marker on port 80"',
+        f"        source: {built.directory}",
+        f"        disk: {built.disk.name}",
+        f"        kernel: {built.vmlinux.name}",
+        f"        ramdisk: {built.initrd.name}",
+        f'        cmdline: "{built.cmdline}"',
+        "        cores: 1",
+        "        ram_mb: 128",
+        "        disk_gb: 1",
+    ]
+
+
 def render(state: LabState) -> str:
     sub = state.subnets
     groups = {"vcl_master": [], "vcl_slaves": [], "vcl_clients": []}
@@ -63,6 +87,7 @@ def render(state: LabState) -> str:
         "    ansible_user: root",
         f"    ansible_ssh_private_key_file: {state.key_file}",
         '    ansible_ssh_common_args: "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"',
+        *_images(),
         "  children:",
     ]
     for group, members in groups.items():

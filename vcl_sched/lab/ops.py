@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vcl_sched.lab import image, inventory, machines, net
+from vcl_sched.lab import guest, image, inventory, machines, net
 from vcl_sched.lab._util import (
     STATE_ROOT,
     LabError,
@@ -69,6 +69,7 @@ def up(
     net.check_name(name)
     tools = preflight()
     images = image.ensure_images(progress=progress)
+    guest.ensure_guest(progress=progress)  # the test VM image the inventory declares (lab_images)
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
     with _lock(name):
         started = time.monotonic()
