@@ -278,6 +278,40 @@ def add_image(name: str, disk_file: str, *, description: str = "", kernel: str |
     return db.write(apply, url)
 
 
+def ensure_image(name: str, disk_file: str, *, description: str = "", kernel: str | None = None,
+                 ramdisk: str | None = None, cmdline: str | None = None, cores: Any = 1, ram_mb: Any = 512,
+                 disk_gb: Any = 2, url: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Add the image, or bring a registered one to these values (what a playbook declares). Returns the
+    row and whether anything was written."""
+    name = check_name("name", name)
+    for field, value in (("disk_file", disk_file), ("kernel", kernel), ("ramdisk", ramdisk)):
+        if value is not None and not str(value).startswith("/"):
+            raise ValidationError(field, f"{value!r} must be an absolute path in the image store")
+    if not disk_file:
+        raise ValidationError("disk_file", "required: the image's disk in the image store")
+    if cmdline is not None and ("\n" in cmdline or len(cmdline) > 1024):
+        raise ValidationError("cmdline", "must be one line of at most 1024 characters")
+    wanted = {"description": description, "disk_file": disk_file, "kernel": kernel or None,
+              "ramdisk": ramdisk or None, "cmdline": cmdline or None, "default_cores": whole("cores", cores),
+              "default_ram_mb": whole("ram_mb", ram_mb, 16), "default_disk_gb": whole("disk_gb", disk_gb, 0)}
+    db.require_schema(url)
+
+    def apply(session: Session) -> tuple[dict[str, Any], bool]:
+        image = session.scalar(select(Image).where(Image.name == name))
+        if image is None:
+            image = Image(name=name, created_at=config.now(), **wanted)
+            return _create(session, image, "image", _image_row), True
+        before = {k: getattr(image, k) for k in wanted if getattr(image, k) != wanted[k]}
+        if not before:
+            return _image_row(image), False
+        for key in before:
+            setattr(image, key, wanted[key])
+        audit(session, "image", image.id, "update", before, {k: wanted[k] for k in before})
+        return _image_row(image), True
+
+    return db.write(apply, url)
+
+
 def _image_row(i: Image) -> dict[str, Any]:
     return {"id": i.id, "name": i.name, "description": i.description, "disk_file": i.disk_file, "kernel": i.kernel,
             "ramdisk": i.ramdisk, "cmdline": i.cmdline, "cores": i.default_cores, "ram_mb": i.default_ram_mb,
