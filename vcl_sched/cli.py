@@ -166,6 +166,13 @@ def _reservation_text(r: dict[str, Any]) -> str:
 
 
 def cmd_reserve(args: argparse.Namespace) -> int:
+    if args.run:
+        if args.dry_run:
+            print("vcl: --dry-run and --run do not go together (the reserve playbook has no dry run)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
+        return _submit(args, "reserve", {**extravars, "start": args.start})
     result = service.reserve(start=args.start, **_request_kwargs(args))
     emit(args, result, _reservation_text)
     return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
@@ -235,6 +242,66 @@ def cmd_priority(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- playbook runs (vcl_sched.runner): the playbooks do the work, `vcl` submits them -------------
+
+def _not_served(result: dict[str, Any] | None) -> bool:
+    """A vcl_result that is a refusal or a wait (exit 3), as the scheduler's own answers are."""
+    if not isinstance(result, dict):
+        return False
+    return (result.get("state") in ("refused", "waiting") or result.get("decision") in ("refused", "wait")
+            or bool(result.get("refused")))
+
+
+def _run_text(run: dict[str, Any]) -> str:
+    result = run["vcl_result"]
+    lines = [f"{run['playbook']}: {run['status']} (rc {run['rc']})"]
+    if not isinstance(result, dict):
+        lines.append("(no vcl_result)" if result is None else str(result))
+        return "\n".join(lines)
+    scalars = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in result.items()
+               if not (isinstance(v, list) and v and all(isinstance(i, dict) for i in v))}
+    if scalars:
+        lines.append(fields(scalars, list(scalars)))  # every key, empty lists too (shown as -)
+    for key, rows in result.items():
+        if key not in scalars:
+            columns = list(dict.fromkeys(c for row in rows for c in row))
+            lines += ["", f"{key}:", table(rows, columns)]
+    return "\n".join(lines)
+
+
+def _submit(args: argparse.Namespace, playbook: str, extravars: dict[str, Any]) -> int:
+    from . import runner
+
+    run = runner.run(playbook, extravars, project=args.project, inventory=args.inventory)
+    emit(args, run.to_json(), _run_text)
+    for failure in run.failures:
+        where = f"{failure.host}: {failure.task}: " if failure.host != "-" else ""
+        print(f"vcl: {run.playbook} {'unreachable' if failure.unreachable else 'failed'}: {where}{failure.message}",
+              file=sys.stderr)
+    if _not_served(run.vcl_result):
+        return EXIT_NOT_SERVED
+    if not run.ok:
+        if not run.failures:
+            print(f"vcl: {run.playbook} ended {run.status} (rc {run.rc})", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    extravars: dict[str, Any] = {}
+    for item in args.extra_vars:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise VclError(f"-e {item!r}: write extra variables as KEY=VALUE")
+        extravars[key.strip()] = value
+    return _submit(args, args.playbook, extravars)
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    """launch, suspend, resume, stop (ID) and dispatch, reconcile (no vars): their playbook, nothing else."""
+    return _submit(args, args.command, {"id": args.id} if getattr(args, "id", None) is not None else {})
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -262,6 +329,12 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="image name (`vcl image add`)")
     p.add_argument("--user", help="the requesting user (counts declined slave registrations)")
     p.add_argument("--dry-run", action="store_true", dest="dry_run", help="decide and show, write nothing")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", metavar="DIR",
+                   help="the VCL project to run the playbook from (default: the checkout vcl runs from)")
+    p.add_argument("-i", "--inventory", metavar="PATH", help="inventory (default: the project's ansible.cfg)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,8 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("reserve", cmd_reserve, "book cores for a time window (advance reservation)")
     _request_options(p)
-    p.add_argument("--start", required=True, help="'YYYY-MM-DD HH:MM', lab local time")
+    p.add_argument("--start", required=True, help="'YYYY-MM-DD HH:MM', lab local time; with --run also"
+                                                  " 'now' (best effort)")
     p.add_argument("--hours", required=True)
+    p.add_argument("--run", action="store_true",
+                   help="submit playbooks/reserve.yml with these values (ansible-runner) instead of recording"
+                        " the reservation directly")
+    _run_options(p)
 
     p = add("request", cmd_request, "a best-effort VM now: placement, or the preemption/wait answer")
     _request_options(p)
@@ -346,6 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member", required=True)
     p.add_argument("--coefficient", type=float, default=0.20)
     add("demo", cmd_demo, "a scheduler demonstration on a fresh embedded database")
+
+    p = add("run", cmd_run, "run one of the project's playbooks (playbooks/NAME.yml) and print its vcl_result")
+    p.add_argument("playbook", metavar="PLAYBOOK", help="a name in playbooks/ (reserve, dispatch...)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], dest="extra_vars", metavar="KEY=VALUE")
+    _run_options(p)
+    for name, help_ in (("launch", "launch a VM: run playbooks/launch.yml"),
+                        ("suspend", "suspend a VM, keeping its memory: run playbooks/suspend.yml"),
+                        ("resume", "resume a suspended VM: run playbooks/resume.yml"),
+                        ("stop", "stop a VM and release what it holds: run playbooks/stop.yml")):
+        p = add(name, cmd_lifecycle, help_)
+        p.add_argument("id", help="instance id")
+        _run_options(p)
+    for name, help_ in (("dispatch", "serve what is due now (ends, reservations, waiting requests, resumes):"
+                                     " run playbooks/dispatch.yml"),
+                        ("reconcile", "compare the database with libvirt on every slave: run playbooks/reconcile.yml")):
+        _run_options(add(name, cmd_lifecycle, help_))
 
     try:
         from .lab import cli as lab_cli

@@ -1,0 +1,281 @@
+"""vcl_sched.runner and the `vcl run` / `--run` commands: real playbooks through ansible-runner.
+
+The playbooks are tests/runner_playbooks/ (localhost only, connection local, plus one host on a closed
+port for the unreachable case), copied into a temporary project with its own ansible.cfg, inventory and
+module, so these tests read nothing of the checkout's playbooks and never reach a lab.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vcl_sched import runner
+from vcl_sched.cli import EXIT_ERROR, EXIT_NOT_SERVED, EXIT_OK, EXIT_USAGE, main
+
+PLAYBOOKS = Path(__file__).resolve().parents[1] / "runner_playbooks"
+LIFECYCLE = ("reserve", "launch", "suspend", "resume", "stop", "dispatch", "reconcile")
+
+ANSIBLE_CFG = """\
+[defaults]
+inventory = inventory/hosts.yml
+library = plugins/modules
+module_utils = plugins/module_utils
+roles_path = roles
+retry_files_enabled = False
+"""
+
+INVENTORY = """\
+all:
+  children:
+    local:
+      hosts:
+        runner-local: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+    nowhere:
+      hosts:
+        closed-port: {ansible_host: 127.0.0.1, ansible_port: 9, ansible_connection: ssh, ansible_user: nobody}
+"""
+
+OTHER_INVENTORY = """\
+local:
+  hosts:
+    other-local: {ansible_connection: local, ansible_python_interpreter: "{{ ansible_playbook_python }}"}
+"""
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A VCL-shaped project: ansible.cfg naming a relative inventory and module directory, and the test
+    playbooks, echo.yml also under each lifecycle playbook's name."""
+    root = tmp_path / "project"
+    (root / "playbooks").mkdir(parents=True)
+    (root / "inventory").mkdir()
+    shutil.copytree(PLAYBOOKS / "library", root / "plugins" / "modules")
+    shutil.copytree(PLAYBOOKS / "module_utils", root / "plugins" / "module_utils")
+    shutil.copytree(PLAYBOOKS / "roles", root / "roles")
+    for book in PLAYBOOKS.glob("*.yml"):
+        shutil.copy(book, root / "playbooks" / book.name)
+    for name in LIFECYCLE:
+        shutil.copy(PLAYBOOKS / "echo.yml", root / "playbooks" / f"{name}.yml")
+    (root / "ansible.cfg").write_text(ANSIBLE_CFG)
+    (root / "inventory" / "hosts.yml").write_text(INVENTORY)
+    return root
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """Run from an unrelated directory with a hostile ANSIBLE_CONFIG: only the project's must count."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "ansible.cfg").write_text("[defaults]\ninventory = /nonexistent\nlibrary = /nonexistent\n")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(cwd / "ansible.cfg"))
+    return cwd
+
+
+def test_success_returns_status_stats_and_the_vcl_result_with_progress(project, elsewhere, monkeypatch):
+    monkeypatch.setenv("VCL_DB_URL", "sqlite:////tmp/runner-test.sqlite")
+    lines: list[str] = []
+    result = runner.run("echo", {"owner": "cs", "cores": 4}, project=project, progress=lines.append)
+    assert result.ok and result.status == "successful" and result.rc == 0, (result, lines)
+    assert result.playbook == "playbooks/echo.yml"
+    assert result.failures == []
+    # the project's ansible.cfg decided the inventory (runner-local) and the module path (vcl_runner_probe)
+    assert result.vcl_result == {
+        "received": {"owner": "cs", "cores": 4},
+        "state": "accepted",
+        "probe": "HELLO",
+        "db_url": "sqlite:////tmp/runner-test.sqlite",
+        "host": "runner-local",
+        "vms": [{"id": 1, "address": "10.0.0.1"}, {"id": 2, "address": "10.0.0.2"}],
+    }
+    assert result.stats["ok"] == {"runner-local": 4} and result.stats["changed"] == {"runner-local": 1}
+    assert lines == [
+        "PLAY [Echo the request back as the vcl_result]",
+        "TASK [Ask the project's module (plugins/modules, found through ansible.cfg)]",
+        "  ok: runner-local",
+        "TASK [Change something (a changed result)]",
+        "  changed: runner-local",
+        "TASK [Hand back the vcl_result]",
+        "  ok: runner-local",
+        "TASK [Print the vcl_result]",
+        "  ok: runner-local",
+    ]
+
+
+def test_failure_keeps_the_vcl_result_and_names_host_task_and_message(project, elsewhere):
+    lines: list[str] = []
+    result = runner.run("fail", {"reason": "slave s1 is down"}, project=project, progress=lines.append)
+    assert not result.ok and result.status == "failed" and result.rc == 2
+    assert result.vcl_result == {"id": 42, "state": "failed", "reason": "slave s1 is down"}
+    assert [f.to_json() for f in result.failures] == [
+        {"host": "runner-local", "task": "Refuse the launch", "message": "launch refused: slave s1 is down",
+         "unreachable": False}
+    ]
+    assert "  failed (ignored): runner-local: non-zero return code" in lines
+    assert "  failed: runner-local: launch refused: slave s1 is down" in lines
+    assert "TASK [Never reached]" not in lines
+    assert result.stats["failures"] == {"runner-local": 1}
+
+
+def test_unreachable_host_is_a_failure_with_the_ssh_message(project, elsewhere):
+    lines: list[str] = []
+    result = runner.run("unreachable", project=project, progress=lines.append)
+    assert not result.ok and result.vcl_result is None
+    assert [(f.host, f.task, f.unreachable) for f in result.failures] == [("closed-port", "Ping it", True)]
+    assert "Connection refused" in result.failures[0].message or "port 9" in result.failures[0].message
+    assert any(line.startswith("  unreachable: closed-port: ") for line in lines), lines
+
+
+def test_the_projects_roles_modules_and_module_utils_are_used(project, elsewhere):
+    result = runner.run("paths", project=project, progress=lambda _: None)
+    assert result.ok, result.failures
+    assert result.vcl_result == {"role": "runner_echo", "probe": "PATHS"}
+
+
+def test_explicit_inventory_replaces_the_configured_one(project, elsewhere, tmp_path):
+    other = tmp_path / "other.yml"
+    other.write_text(OTHER_INVENTORY)
+    result = runner.run("echo", project=project, inventory=other, progress=lambda _: None)
+    assert result.ok and result.vcl_result["host"] == "other-local"
+
+
+def test_a_playbook_that_cannot_start_reports_ansibles_error(project, elsewhere):
+    (project / "playbooks" / "broken.yml").write_text(
+        "- name: Broken\n  hosts: local\n  tasks:\n    - name: No such module\n      vcl_no_such_module: {}\n")
+    result = runner.run("broken", project=project, progress=lambda _: None)
+    assert result.status == "failed" and result.rc != 0 and result.vcl_result is None
+    assert len(result.failures) == 1 and "vcl_no_such_module" in result.failures[0].message
+
+
+@pytest.mark.parametrize(("name", "resolved"), [
+    ("echo", "playbooks/echo.yml"), ("echo.yml", "playbooks/echo.yml"), ("playbooks/fail.yml", "playbooks/fail.yml"),
+])
+def test_playbook_names(project, name, resolved):
+    assert runner.resolve_playbook(project, name) == resolved
+
+
+@pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "/etc/hostname", "modules"])
+def test_unknown_playbook_is_a_clear_error(project, name):
+    with pytest.raises(runner.RunnerError, match=r"no playbooks/.* in .*available: .*dispatch.*echo"):
+        runner.resolve_playbook(project, name)
+
+
+def test_missing_or_foreign_project_is_a_clear_error(tmp_path):
+    with pytest.raises(runner.RunnerError, match="no such directory"):
+        runner.project_dir(tmp_path / "absent")
+    with pytest.raises(runner.RunnerError, match=r"not a VCL project \(no ansible.cfg\)"):
+        runner.project_dir(tmp_path)
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
+    with pytest.raises(runner.RunnerError, match="no playbooks/"):
+        runner.project_dir(tmp_path)
+
+
+def test_failure_message_of_loop_items():
+    res = {"msg": "One or more items failed", "results": [
+        {"item": "a", "failed": False}, {"item": "b", "failed": True, "msg": "non-zero return code"}]}
+    assert runner._failure_message(res) == "One or more items failed [b] non-zero return code"
+    assert runner._failure_message({"stderr": "  boom\n"}) == "boom"
+    assert runner._failure_message({}) == "failed without a message"
+
+
+# --- the CLI end to end -------------------------------------------------------------------------
+
+@pytest.fixture
+def vcl(capsys, elsewhere, tmp_path, monkeypatch):
+    monkeypatch.setenv("VCL_DB_URL", f"sqlite:///{tmp_path}/cli.sqlite")
+
+    def run(*argv: str):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+RESERVE = ("reserve", "--owner", "cs", "--cores", "4", "--ram-mb", "600", "--start", "now", "--hours", "2",
+           "--platform-value", "5", "--register-as-slave", "1", "--member", "1", "--image", "debian")
+
+
+def test_cli_reserve_run_submits_the_fields_as_extra_vars(vcl, project):
+    code, out, err = vcl(*RESERVE, "--run", "--project", str(project), "--json")
+    assert code == EXIT_OK, err
+    data = json.loads(out)
+    assert data["playbook"] == "playbooks/reserve.yml" and data["status"] == "successful" and data["rc"] == 0
+    assert data["vcl_result"]["received"] == {
+        "owner": "cs", "cores": "4", "ram_mb": "600", "hours": "2", "start": "now", "platform_value": "5",
+        "register_as_slave": "1", "member": "1", "image": "debian"}
+    assert "TASK [Hand back the vcl_result]" in err and "  changed: runner-local" in err
+
+
+def test_cli_reserve_run_refuses_dry_run(vcl, project):
+    code, out, err = vcl(*RESERVE, "--run", "--dry-run", "--project", str(project))
+    assert code == EXIT_USAGE and out == "" and "--dry-run" in err
+
+
+def test_cli_reserve_without_run_still_records_directly(vcl, project):
+    # no playbook: the existing path validates `start` itself ('now' is only for --run)
+    code, out, err = vcl(*RESERVE, "--project", str(project))
+    assert code == EXIT_ERROR and out == "" and "start:" in err and "PLAY [" not in err
+
+
+@pytest.mark.parametrize(("argv", "received"), [
+    (("launch", "17"), {"id": "17"}), (("suspend", "3"), {"id": "3"}), (("resume", "3"), {"id": "3"}),
+    (("stop", "9"), {"id": "9"}), (("dispatch",), {}), (("reconcile",), {}),
+])
+def test_cli_lifecycle_commands_submit_their_playbook(vcl, project, argv, received):
+    code, out, err = vcl(*argv, "--project", str(project), "--json")
+    assert code == EXIT_OK, err
+    data = json.loads(out)
+    assert data["playbook"] == f"playbooks/{argv[0]}.yml" and data["vcl_result"]["received"] == received
+
+
+def test_cli_run_prints_the_vcl_result_as_a_table(vcl, project):
+    code, out, err = vcl("run", "echo", "-e", "owner=cs", "-e", "user=ana=b", "--project", str(project))
+    assert code == EXIT_OK, err
+    assert out.splitlines()[0] == "playbooks/echo.yml: successful (rc 0)"
+    assert "probe     HELLO" in out and '"user": "ana=b"' in out
+    assert "vms:\nID  ADDRESS\n1   10.0.0.1\n2   10.0.0.2" in out
+
+
+def test_cli_run_passes_the_database_url(vcl, project, tmp_path):
+    code, out, _ = vcl("--db", f"sqlite:///{tmp_path}/other.sqlite", "run", "echo", "--project", str(project),
+                       "--json")
+    assert code == EXIT_OK and json.loads(out)["vcl_result"]["db_url"] == f"sqlite:///{tmp_path}/other.sqlite"
+
+
+def test_cli_run_refusal_exits_3(vcl, project):
+    code, out, _ = vcl("run", "echo", "-e", "state=refused", "--project", str(project), "--json")
+    assert code == EXIT_NOT_SERVED and json.loads(out)["vcl_result"]["state"] == "refused"
+
+
+def test_cli_run_failure_exits_1_with_the_message_on_stderr(vcl, project):
+    code, out, err = vcl("run", "fail", "-e", "reason=pool full", "--project", str(project), "--json")
+    assert code == EXIT_ERROR
+    data = json.loads(out)
+    assert data["status"] == "failed" and data["vcl_result"]["reason"] == "pool full"
+    assert data["failures"][0]["message"] == "launch refused: pool full"
+    assert "vcl: playbooks/fail.yml failed: runner-local: Refuse the launch: launch refused: pool full" in err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (("run", "nope"), "playbook 'nope': no playbooks/nope.yml"),
+    (("dispatch", "--project", "/nonexistent/vcl"), "project /nonexistent/vcl: no such directory"),
+    (("run", "echo", "-e", "novalue"), "KEY=VALUE"),
+])
+def test_cli_errors_are_one_line(vcl, project, argv, needle):
+    if "--project" not in argv:
+        argv = (*argv, "--project", str(project))
+    code, out, err = vcl(*argv)
+    assert code == EXIT_ERROR and out == "" and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_prints_a_vcl_result_of_empty_lists(vcl, project):
+    # an idle dispatch: every key is an empty list (once a crash of the table printer)
+    code, out, err = vcl("run", "idle", "--project", str(project))
+    assert code == EXIT_OK, err
+    assert out.splitlines()[1:] == ["started_reservations  -", "stopped               -", "launched              -",
+                                    "waiting               -", "notes                 -"]

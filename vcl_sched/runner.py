@@ -1,0 +1,231 @@
+"""Run one of the project's playbooks through ansible-runner, as AWX would, and read its outcome.
+
+The playbooks are the source of truth (``playbooks/reserve.yml``, ``launch.yml``, ``dispatch.yml``...);
+the `vcl` command only submits them. Each lifecycle playbook ends with
+``ansible.builtin.set_stats: {data: {vcl_result: {...}}, per_host: false}``: ansible-runner hands that
+back in the ``artifact_data`` of the ``playbook_on_stats`` event, and ``run()`` returns it as
+``RunResult.vcl_result``.
+
+How the project's ``ansible.cfg`` is honoured: ansible-runner starts ``ansible-playbook`` with the
+project directory as its working directory, and ``ANSIBLE_CONFIG`` is set to ``<project>/ansible.cfg``
+as well (so an ``ANSIBLE_CONFIG`` in the caller's environment cannot replace it). Ansible resolves the
+relative paths in that file (``library``, ``roles_path``, ``inventory``...) against the file's directory.
+No ``-i`` is passed unless an inventory is named: ansible.cfg's ``inventory`` decides.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import VclError
+
+# The environment variables a playbook run inherits explicitly (besides the caller's whole environment,
+# which ansible-runner copies): where the lab database is and the simulated clock.
+PASSED_ENV = ("VCL_DB_URL", "VCL_NOW", "VCL_ACTOR")
+
+
+class RunnerError(VclError):
+    """The run could not start: no project, unknown playbook, ansible-runner missing."""
+
+
+@dataclass
+class Failure:
+    host: str
+    task: str
+    message: str
+    unreachable: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "task": self.task, "message": self.message, "unreachable": self.unreachable}
+
+
+@dataclass
+class RunResult:
+    """The outcome of one playbook run."""
+
+    playbook: str
+    status: str  # ansible-runner's: successful, failed, timeout, canceled
+    rc: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    vcl_result: dict[str, Any] | None = None
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and self.rc == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"playbook": self.playbook, "status": self.status, "rc": self.rc, "stats": self.stats,
+                "failures": [f.to_json() for f in self.failures], "vcl_result": self.vcl_result}
+
+
+# --- the project --------------------------------------------------------------------------------
+
+def project_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The project to run from: ``explicit`` (``--project``), else the checkout vcl runs from."""
+    if explicit is not None:
+        path = Path(explicit).expanduser().resolve()
+    else:
+        from .lab.inventory import repo_root
+
+        root = repo_root()
+        if root is None:
+            raise RunnerError("no project: this vcl is not running from a checkout; pass --project DIR"
+                              " (a VCL project: ansible.cfg, playbooks/, roles/, plugins/)")
+        path = root.resolve()
+    if not path.is_dir():
+        raise RunnerError(f"project {path}: no such directory")
+    if not (path / "ansible.cfg").is_file():
+        raise RunnerError(f"project {path}: not a VCL project (no ansible.cfg)")
+    if not (path / "playbooks").is_dir():
+        raise RunnerError(f"project {path}: not a VCL project (no playbooks/ directory)")
+    return path
+
+
+def available_playbooks(project: Path) -> list[str]:
+    return sorted(p.stem for p in (project / "playbooks").glob("*.yml"))
+
+
+def resolve_playbook(project: Path, name: str) -> str:
+    """``reserve`` → ``playbooks/reserve.yml`` (a path inside the project is accepted too); the path
+    relative to the project, which is the playbook's working directory."""
+    candidates = [project / "playbooks" / f"{name}.yml", project / "playbooks" / name, project / name]
+    for candidate in candidates:
+        path = candidate.resolve()
+        if path.is_file() and path.suffix in (".yml", ".yaml") and path.is_relative_to(project):
+            return str(path.relative_to(project))
+    known = ", ".join(available_playbooks(project)) or "none"
+    raise RunnerError(f"playbook {name!r}: no playbooks/{name}.yml in {project} (available: {known})")
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+def _failure_message(res: Mapping[str, Any]) -> str:
+    """The message of a failed or unreachable result, items' included."""
+    parts = []
+    if res.get("msg"):
+        parts.append(str(res["msg"]))
+    for item in res.get("results") or []:
+        if isinstance(item, Mapping) and (item.get("failed") or item.get("unreachable")):
+            parts.append(f"[{item.get('item', '?')}] {_failure_message(item)}")
+    if not parts:
+        for key in ("stderr", "stdout", "reason", "exception"):
+            if res.get(key):
+                parts.append(str(res[key]).strip())
+                break
+    text = " ".join(" ".join(parts).split()) or "failed without a message"
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+class Progress:
+    """Turns ansible-runner events into progress lines (one per play and task start and per host result)
+    and collects the failures and the set_stats data."""
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.failures: list[Failure] = []
+        self.artifact_data: dict[str, Any] | None = None
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host", "?")
+        task = data.get("task", "")
+        res = data.get("res") or {}
+        if kind == "playbook_on_play_start":
+            self.write(f"PLAY [{data.get('play') or data.get('name', '')}]")
+        elif kind == "playbook_on_task_start":
+            self.write(f"TASK [{task}]")
+        elif kind == "playbook_on_handler_task_start":
+            self.write(f"HANDLER [{task}]")
+        elif kind == "runner_on_ok":
+            self.write(f"  {'changed' if res.get('changed') else 'ok'}: {host}")
+        elif kind == "runner_on_failed":
+            message = _failure_message(res)
+            if data.get("ignore_errors"):
+                self.write(f"  failed (ignored): {host}: {message}")
+            else:
+                self.failures.append(Failure(host, task, message))
+                self.write(f"  failed: {host}: {message}")
+        elif kind == "runner_on_unreachable":
+            message = _failure_message(res)
+            self.failures.append(Failure(host, task, message, unreachable=True))
+            self.write(f"  unreachable: {host}: {message}")
+        elif kind == "playbook_on_stats":
+            self.artifact_data = dict(data.get("artifact_data") or {})
+        return True
+
+
+def _output_error(result: Any) -> str:
+    try:
+        text = result.stdout.read()
+    except (OSError, AttributeError, ValueError):
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("ERROR", "[ERROR]"))]
+    message = " ".join(errors or lines[-3:]) or f"ansible-playbook ended {result.status} (rc {result.rc})"
+    return message if len(message) <= 400 else message[:397] + "..."
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def _venv_path() -> str:
+    """PATH with this Python's bin directory first, so the ansible-playbook beside this vcl runs."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+
+
+def run(
+    playbook: str,
+    extravars: Mapping[str, Any] | None = None,
+    *,
+    project: str | os.PathLike[str] | None = None,
+    inventory: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    timeout: int | None = None,
+    envvars: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Run ``playbooks/<playbook>.yml`` of the project through ansible-runner; progress lines go to
+    ``progress`` (stderr by default) as events arrive. Never raises on a failed play: read the result."""
+    try:
+        import ansible_runner
+    except ImportError as err:  # pragma: no cover - a dependency of vcl-sched
+        raise RunnerError(f"ansible-runner is not installed ({err}): pip install vcl-sched's dependencies") from None
+
+    root = project_dir(project)
+    path = resolve_playbook(root, playbook)
+    env = {"PATH": _venv_path(), "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    env.update({k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)})
+    env.update(envvars or {})
+    watcher = Progress(progress)
+    with tempfile.TemporaryDirectory(prefix="vcl-run-") as private:
+        kwargs: dict[str, Any] = {
+            "private_data_dir": private,
+            "project_dir": str(root),
+            "playbook": path,
+            "extravars": dict(extravars or {}),
+            "envvars": env,
+            "quiet": True,  # ansible's own output stays in the artifacts; progress lines replace it
+            "suppress_env_files": True,  # extra vars and environment are not written to disk
+            "event_handler": watcher,
+        }
+        if inventory is not None:
+            kwargs["inventory"] = str(Path(inventory).expanduser().resolve())
+        if timeout:
+            kwargs["timeout"] = timeout
+        result = ansible_runner.run(**kwargs)
+        stats = result.stats or {}
+        status, rc = result.status, result.rc
+        if status != "successful" and not watcher.failures:
+            # ansible-playbook stopped before any task failed (a syntax error, a missing inventory...):
+            # its own error lines are the message.
+            watcher.failures.append(Failure("-", "-", _output_error(result)))
+    vcl_result = (watcher.artifact_data or {}).get("vcl_result")
+    return RunResult(playbook=path, status=status, rc=rc, stats=stats,
+                     vcl_result=vcl_result if isinstance(vcl_result, dict) else None, failures=watcher.failures)
