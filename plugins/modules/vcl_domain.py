@@ -27,6 +27,8 @@ description:
     is shut off without a save image, or a missing one, fails.
   - C(state=absent) stops the domain if it is active, undefines it together with its managed save image,
     snapshot metadata and NVRAM, then removes O(overlay) and O(cleanup_paths).
+  - With C(state=running), a base image, kernel or initrd missing from the slave's image cache fails the run
+    before anything is created, listing them in RV(missing), so the playbook can copy them and run again.
   - O(xml) is refused when it is not a C(<domain>) named O(name), when O(overlay) is not one of its disks,
     or when it has a VNC (or SPICE) console without a password (or a VNC password longer than 8 characters,
     which libvirt refuses).
@@ -106,6 +108,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+missing:
+  description: With O(state=running), the image files the slave's cache lacks (the run failed before any change).
+  returned: when image files are missing
+  type: list
+  elements: str
 domain_state:
   description: >-
     The domain's state after the run (predicted in check mode): C(running), C(paused), C(shutoff),
@@ -352,6 +359,14 @@ class Domain:
         except libvirt.libvirtError as err:
             raise StepError(f"{what} failed: {err}") from None
 
+    def missing_image_files(self, make_overlay):
+        """The image files this domain needs that the slave's cache lacks (the base image, when an overlay
+        is to be made, and the kernel and initrd the XML boots), so the playbook copies them and retries."""
+        wanted = [self.p["base"]] if make_overlay and self.p["base"] else []
+        root = ET.fromstring(self.p["xml"])  # noqa: S314  (checked by validate())
+        wanted += [(root.findtext(f"os/{tag}") or "").strip() for tag in ("kernel", "initrd")]
+        return [path for path in wanted if path and not os.path.isfile(path)]
+
     # -- state=running -------------------------------------------------------------------------
     def running(self):
         p, dom = self.p, self.lookup()
@@ -360,6 +375,10 @@ class Domain:
         if p["xml"] is None:
             raise InputError(f"xml: required to define {p['name']}, which is not defined yet")
         make_overlay = p["overlay"] is not None and not os.path.exists(p["overlay"])
+        missing = self.missing_image_files(make_overlay)
+        if missing:
+            self.result["missing"] = missing
+            raise InputError(f"image: not in this slave's image cache: {', '.join(missing)}")
         if make_overlay:
             if p["base"] is None:
                 raise InputError(f"base: required to create the overlay {p['overlay']}, which does not exist")

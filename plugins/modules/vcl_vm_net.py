@@ -528,6 +528,16 @@ class VmNet:
                         undone.append(f"{part} (undo failed: {undo_err})")
                 self.module.fail_json(msg=f"{failure}; undone: {', '.join(undone)}", undone=undone, **self.result)
         self.result["dnat"]["changed"] = bool(self.dnat_commands) or self.result["dnat"]["saved"]
+        self.forget_neighbour()
+
+    def forget_neighbour(self) -> None:
+        """Drop the master's ARP entry for the private address: it may still name the MAC of the VM that had
+        the address before, and the master would send this VM's traffic there until the entry went stale
+        (26-44 s in the lab). Not a change of state: the kernel learns the right MAC on the next packet."""
+        private = self.private or (self.dnat_before[1] if self.dnat_before else None)
+        if private:
+            self._run([self.ip, "neigh", "flush", "to", f"{private}/32", "dev", self.params["uplink"]],
+                      "forgetting the old ARP entry")
 
     def check_persist(self) -> None:
         """Check mode: would the rules file be rewritten?"""

@@ -18,6 +18,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ from vcl_sched.models import AddressPair, Slave
 pytestmark = pytest.mark.lab
 
 PLAYBOOKS = REPO / "playbooks"
+CONSOLES = Path(os.environ.get("HOME", "/root")) / ".vcl" / "consoles"
 GROUP = "cs101"
 
 
@@ -133,7 +135,12 @@ def test_reserve_launch_reach_suspend_resume_stop(lab, lifecycle_db):
     on_master = master_state(lab, vid)
     assert len(on_master["dhcp"]) == 1 and vm["mac"] in on_master["dhcp"][0]
     assert len(on_master["chain"]) >= 3 and f"{vm['public_ip']}/32" in on_master["addresses"]
-    assert "passwd=" in lab.ssh(slave, "virsh", "dumpxml", "--security-info", f"vcl-{vid}").stdout
+    # The console's password: in the domain (VNC on the slave's address), in a 0600 file, never in the output.
+    secure_xml = lab.ssh(slave, "virsh", "dumpxml", "--security-info", f"vcl-{vid}").stdout
+    password = re.search(r"passwd='([^']+)'", secure_xml).group(1)
+    console_file = CONSOLES / f"vm-{vid}-{vm['mac'].replace(':', '')}.vnc"
+    assert console_file.read_text().strip() == password and (console_file.stat().st_mode & 0o777) == 0o600
+    assert password not in recap.stdout and f"listen='{lab.addresses[slave]}'" in secure_xml
 
     # Suspend: managedsave, the QEMU process (and its RAM) gone, cores back in the database.
     must(play(lab, lifecycle_db, "suspend", "-e", f"id={vid}"), "suspend.yml")
@@ -158,6 +165,7 @@ def test_reserve_launch_reach_suspend_resume_stop(lab, lifecycle_db):
     # Stop leaves nothing: no domain, overlay, log, DHCP entry, DNAT chain, alias, claim.
     must(play(lab, lifecycle_db, "stop", "-e", f"id={vid}"), "stop.yml")
     assert slave_state(lab, slave, vid) == {"defined": False, "files": [], "qemu": []}
+    assert not console_file.exists()
     on_master = master_state(lab, vid)
     assert on_master["dhcp"] == [] and on_master["chain"] == []
     assert f"{vm['public_ip']}/32" not in on_master["addresses"]

@@ -346,7 +346,7 @@ def _xml_without_password(vm, listen="10.0.0.21"):
         (lambda vm: {"overlay": "/srv/other.qcow2"}, "overlay", "not a disk of the domain XML"),
         (lambda vm: {"cleanup_paths": ["/tmp"]}, "cleanup_paths", "is a directory"),
         (lambda vm: {"base": None}, "base", "required to create the overlay"),
-        (lambda vm: {"base": "/nonexistent/base.qcow2"}, "base", "does not exist"),
+        (lambda vm: {"base": "/nonexistent/base.qcow2"}, "image", "cache: /nonexistent/base.qcow2"),
     ],
 )
 def test_bad_input_names_the_field_and_changes_nothing(vm, tmp_path, change, field, words):
@@ -357,6 +357,8 @@ def test_bad_input_names_the_field_and_changes_nothing(vm, tmp_path, change, fie
     assert result["msg"].startswith(f"{field}:") or f"value of {field} must be" in result["msg"], result
     assert words in result["msg"], result
     assert not Path(vm["overlay"]).exists()
+    if field == "image":  # the playbook copies what is listed and runs the module again
+        assert result["missing"] == ["/nonexistent/base.qcow2"]
 
 
 def test_bad_input_is_refused_before_touching_an_existing_domain(vm, capsys):

@@ -375,3 +375,22 @@ def test_the_rendering_here_is_what_ansible_writes(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "d").read_text() == dhcpd_conf(vms)
     assert (tmp_path / "a").read_text() == aliases_file(vms)
+
+
+def test_a_launch_and_a_release_forget_the_old_mac_of_the_private_address(master):
+    """A private address reused by a new VM must not stay mapped to the old VM's MAC in the master's ARP table."""
+
+    def neighbour(address: str) -> str:
+        return ns_run(master.ns, "ip", "neigh", "show", "to", address, "dev", "eth0").stdout.strip()
+
+    master.setup([])
+    v3 = vm(3)
+    ns_run(master.ns, "ip", "neigh", "replace", v3["private"], "lladdr", "52:54:00:de:ad:01", "dev", "eth0",
+           "nud", "stale", check=True)
+    assert "52:54:00:de:ad:01" in neighbour(v3["private"])
+    assert master.run(**v3)["changed"]
+    assert neighbour(v3["private"]) == ""
+    ns_run(master.ns, "ip", "neigh", "replace", v3["private"], "lladdr", v3["mac"], "dev", "eth0", "nud", "stale",
+           check=True)
+    assert master.run(id=3, state="absent")["changed"]  # the private address is read from the VM's chain
+    assert neighbour(v3["private"]) == ""
