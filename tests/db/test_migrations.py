@@ -63,3 +63,7 @@ def test_upgrading_a_0001_database_keeps_its_data_and_adds_the_placement_indexes
     assert {"ix_slaves_spread", "ix_slaves_pack"} <= _index_names(db_url)
     [old] = service.list_slaves(db_url)
     assert (old["name"], old["cores_used"], old["generation"], old["joined_at"]) == ("old", 2, 7, "2025-11-01 09:00")
+
+
+def test_the_head_revision_constant_is_alembics_newest_migration():
+    assert db.head_revision() == db.alembic_head_revision()
