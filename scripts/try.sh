@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: install everything, bring the simulated lab up (a master,
 # two slaves running libvirt + QEMU, and a client, as systemd-nspawn machines on a guarded bridge),
-# show it, reach every machine with Ansible, bootstrap it with `ansible-playbook site.yml` (which registers
-# the slaves in the lab database), list the slaves as the inventory plugin sees them, then run the
-# scheduler demonstration.
-# `.venv/bin/vcl lab down` removes the lab again.
+# bootstrap it with `ansible-playbook site.yml` (which registers the slaves and the test guest image in
+# the lab database), submit a reservation through `playbooks/reserve.yml` (start=now: placed, then
+# launched by playbooks/launch.yml on a slave), and end by showing the VM reachable from the client
+# machine through the master's DNAT, and how to reach its console.
+# `ansible-playbook playbooks/stop.yml -e id=N` stops the VM; `.venv/bin/vcl lab down` removes the lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/vcl lab up
-.venv/bin/vcl lab status
-echo
 export PATH="$PWD/.venv/bin:$PATH"
+vcl lab up
+vcl lab status
+echo
 ansible all -m ansible.builtin.ping   # ansible.cfg names inventory/lab/hosts.yml
 echo
 ansible-playbook site.yml
 echo
 vcl slave list
+vcl image list
 ansible-inventory -i inventory/lab --graph
 echo
-exec .venv/bin/vcl demo
+
+# The reservation of this demonstration belongs to group `try`; the one of an earlier run is stopped first.
+vcl group list --json | python3 -c 'import json,sys; sys.exit(0 if any(g["name"] == "try" for g in json.load(sys.stdin)) else 1)' \
+    || vcl group add try --description "scripts/try.sh"
+earlier=$(vcl instances --json | python3 -c 'import json,sys; print(",".join(str(i["id"]) for i in json.load(sys.stdin) if i["owner"] == "try"))')
+if [ -n "$earlier" ]; then
+    ansible-playbook playbooks/stop.yml -e "ids=$earlier"
+fi
+ansible-playbook playbooks/reserve.yml -e owner=try -e cores=1 -e ram_mb=128 -e hours=1 -e image=vcl-guest \
+    -e platform_value=5 -e register_as_slave=0 -e member=1
+vm=$(vcl instances --json | python3 -c 'import json,sys; v=[i for i in json.load(sys.stdin) if i["owner"] == "try"][-1]; print(v["id"], v["public_ip"], v["slave"], v["console_port"], v["mac"].replace(":", ""))')
+read -r id public slave port mac <<<"$vm"
+echo
+echo "VM $id runs on $slave; the client machine connects to its public address $public (the master DNATs it):"
+ansible client -m ansible.builtin.wait_for -a "host=$public port=80 search_regex=vcl-guest timeout=180" >/dev/null
+ansible client -m ansible.builtin.command -a \
+    "python3 -c 'import socket,sys; print(socket.create_connection((sys.argv[1], 80), 5).recv(200).decode())' $public"
+address=$(vcl slave list --json | python3 -c "import json,sys; print([s['address'] for s in json.load(sys.stdin) if s['name'] == '$slave'][0])")
+echo "Console: VNC on $address:$port, password in ~/.vcl/consoles/vm-$id-$mac.vnc (from a host of the lab LAN:"
+echo "  vncviewer $address:$port); the guest's serial log is /var/lib/vcl/instances/vcl-$id.log on $slave."
+echo "Stop it with: ansible-playbook playbooks/stop.yml -e id=$id"
