@@ -408,20 +408,16 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
         now = config.now()
         for slave in session.scalars(select(Slave).where(Slave.name.in_(list(reports))).order_by(Slave.id)).all():
             report = reports[slave.name]
-            if not report["reachable"]:
-                if slave.status == SlaveStatus.UP:
-                    service.audit(session, "slave", slave.id, "down", {"status": "up"}, {"status": "down"})
-                    slave.status = SlaveStatus.DOWN
-                    slave.generation += 1
-                    slave.updated_at = now
-                    result["down"].append(slave.name)
-                continue
-            if slave.status == SlaveStatus.DOWN:
-                service.audit(session, "slave", slave.id, "up", {"status": "down"}, {"status": "up"})
-                slave.status = SlaveStatus.UP
+            wanted, was = ((SlaveStatus.DOWN, SlaveStatus.UP) if not report["reachable"]
+                           else (SlaveStatus.UP, SlaveStatus.DOWN))
+            if slave.status == was:  # a draining slave stays draining either way
+                service.audit(session, "slave", slave.id, str(wanted), {"status": str(was)}, {"status": str(wanted)})
+                slave.status = wanted
                 slave.generation += 1
                 slave.updated_at = now
-                result["up"].append(slave.name)
+                result[str(wanted)].append(slave.name)
+            if not report["reachable"]:
+                continue
             domains = report["domains"]
             known = set()
             insts = session.scalars(select(Instance).where(

@@ -153,9 +153,18 @@ import fcntl  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import sys  # noqa: E402
 import xml.etree.ElementTree as ET  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+# Run straight from a checkout (tests load this file), the shared code is found beside this folder; run by
+# Ansible, it travels with the module (ansible.cfg's module_utils).
+_CHECKOUT_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "module_utils")
+if os.path.isfile(os.path.join(_CHECKOUT_UTILS, "vcl_libvirt.py")):
+    sys.modules["ansible.module_utils"].__path__.append(_CHECKOUT_UTILS)
+
+from ansible.module_utils.vcl_libvirt import URI_RE, state_name, vnc_port  # noqa: E402
 
 try:
     import libvirt
@@ -163,13 +172,8 @@ except ImportError:  # pragma: no cover - reported by main()
     libvirt = None
 
 NAME_RE = re.compile(r"^vcl-[A-Za-z0-9_]{1,21}$")
-URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
 LOCK_DIRS = ("/run/lock", "/run")
 VNC_PASSWD_MAX = 8  # libvirt's qemu driver refuses longer VNC passwords at define
-STATE_NAMES = {
-    0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed",
-    7: "pmsuspended",
-}  # fmt: skip
 ACTIVE_STATES = {"running", "blocked", "paused", "pmsuspended", "shutdown"}
 
 
@@ -276,23 +280,8 @@ def resolve_domain_type(xml, fact=KVM_FACT, cpuinfo="/proc/cpuinfo"):
     return _AUTO_TYPE.sub(lambda m: f"{m.group(1)}{m.group(2)}{kind}{m.group(2)}", xml, count=1)
 
 
-def _state_name(dom):
-    return STATE_NAMES.get(dom.state()[0], "nostate")
 
 
-def _vnc_port(dom):
-    try:
-        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314  (libvirt's own output)
-    except (libvirt.libvirtError, ET.ParseError):
-        return None
-    for graphics in root.iter("graphics"):
-        if graphics.get("type") == "vnc":
-            try:
-                port = int(graphics.get("port", "-1"))
-            except ValueError:
-                return None
-            return port if port > 0 else None
-    return None
 
 
 def _undefine(dom):
@@ -350,8 +339,9 @@ class Domain:
             return
         self.result["uuid"] = dom.UUIDString()
         self.result["managed_save"] = bool(dom.hasManagedSaveImage(0))
-        self.result["domain_state"] = _state_name(dom)
-        self.result["vnc_port"] = _vnc_port(dom) if self.result["domain_state"] == "running" else None
+        self.result["domain_state"] = state_name(dom)
+        running = self.result["domain_state"] == "running"
+        self.result["vnc_port"] = vnc_port(dom, (libvirt.libvirtError,)) if running else None
 
     def step(self, what, call, *args):
         try:
@@ -414,7 +404,7 @@ class Domain:
         self.describe(dom)
 
     def start_existing(self, dom):
-        state = _state_name(dom)
+        state = state_name(dom)
         if state == "paused":
             self.result["changed"] = True
             if not self.check:
@@ -457,7 +447,7 @@ class Domain:
         dom = self.lookup()
         if dom is None:
             raise StepError(f"cannot suspend {self.p['name']}: the domain is not defined")
-        state, saved = _state_name(dom), bool(dom.hasManagedSaveImage(0))
+        state, saved = state_name(dom), bool(dom.hasManagedSaveImage(0))
         if state in ACTIVE_STATES:
             self.result["changed"] = True
             if not self.check:

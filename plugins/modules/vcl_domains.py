@@ -72,21 +72,24 @@ mem_available_mb:
   type: int
 """
 
-import re  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
-import xml.etree.ElementTree as ET  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+# Run straight from a checkout (tests load this file), the shared code is found beside this folder; run by
+# Ansible, it travels with the module (ansible.cfg's module_utils).
+_CHECKOUT_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "module_utils")
+if os.path.isfile(os.path.join(_CHECKOUT_UTILS, "vcl_libvirt.py")):
+    sys.modules["ansible.module_utils"].__path__.append(_CHECKOUT_UTILS)
+
+from ansible.module_utils.vcl_libvirt import STATE_NAMES, URI_RE, vnc_port  # noqa: E402
 
 try:
     import libvirt
 except ImportError:  # pragma: no cover - reported by main()
     libvirt = None
 
-URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
-STATE_NAMES = {
-    0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed",
-    7: "pmsuspended",
-}  # fmt: skip
 
 
 def mem_available_mb(path="/proc/meminfo"):
@@ -100,16 +103,6 @@ def mem_available_mb(path="/proc/meminfo"):
     return None
 
 
-def _vnc_port(dom):
-    try:
-        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314  (libvirt's own output)
-    except (libvirt.libvirtError, ET.ParseError):
-        return None
-    for graphics in root.iter("graphics"):
-        if graphics.get("type") == "vnc":
-            port = graphics.get("port", "-1")
-            return int(port) if port.isdigit() and int(port) > 0 else None
-    return None
 
 
 def describe(dom):
@@ -123,7 +116,7 @@ def describe(dom):
             "state": name,
             "managed_save": bool(dom.hasManagedSaveImage(0)),
             "memory_mb": max_kib // 1024,
-            "vnc_port": _vnc_port(dom) if name == "running" else None,
+            "vnc_port": vnc_port(dom, (libvirt.libvirtError,)) if name == "running" else None,
         }
     except libvirt.libvirtError as err:
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
