@@ -172,7 +172,7 @@ def mark_running(instance_id: Any, console_port: Any = None, url: str | None = N
     def apply(session: Session) -> dict[str, Any]:
         inst, slave, image, owner = _load(session, iid)
         if inst.state == InstanceState.RUNNING and inst.console_port == port:
-            return _launch_spec(inst, slave, image, owner)
+            return {**_launch_spec(inst, slave, image, owner), "changed": False}
         if inst.state != InstanceState.PENDING or slave is None or not inst.mac:
             raise ConflictError(f"id: instance {iid} is {inst.state} without a claim: it cannot be running")
         now = config.now()
@@ -182,7 +182,7 @@ def mark_running(instance_id: Any, console_port: Any = None, url: str | None = N
         inst.updated_at = now
         service.audit(session, "instance", inst.id, "running", {"state": "pending"},
                       {"state": "running", "slave": slave.name, "console_port": port})
-        return _launch_spec(inst, slave, image, owner)
+        return {**_launch_spec(inst, slave, image, owner), "changed": True}
 
     return db.write(apply, url)
 
@@ -195,14 +195,14 @@ def mark_failed(instance_id: Any, reason: str, url: str | None = None) -> dict[s
     def apply(session: Session) -> dict[str, Any]:
         inst, slave, image, owner = _load(session, iid)
         if inst.state in ENDED:
-            return _launch_spec(inst, slave, image, owner)
+            return {**_launch_spec(inst, slave, image, owner), "changed": False}
         before = str(inst.state)
         _give_back(session, inst)
         inst.state = InstanceState.FAILED
         inst.updated_at = config.now()
         _end_reservation(session, inst)
         service.audit(session, "instance", inst.id, "failed", {"state": before}, {"reason": reason[:500]})
-        return _launch_spec(inst, None, image, owner)
+        return {**_launch_spec(inst, None, image, owner), "changed": True}
 
     return db.write(apply, url)
 
@@ -369,9 +369,13 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
 
 
 def suspended(instance_id: Any, is_suspended: bool, url: str | None = None) -> dict[str, Any]:
-    """Record a suspension (libvirt managedsave done: cores and RAM back, disk kept) or a resume."""
-    row = service.set_suspended(instance_id, is_suspended, url)
-    return {**describe(row["id"], url)}
+    """Record a suspension (libvirt managedsave done: cores and RAM back, disk kept) or a resume; one
+    already recorded changes nothing (``changed`` False)."""
+    before = describe(instance_id, url)
+    if before["state"] == ("suspended" if is_suspended else "running"):
+        return {**before, "changed": False}
+    service.set_suspended(before["id"], is_suspended, url)
+    return {**describe(before["id"], url), "changed": True}
 
 
 # --- reconcile ------------------------------------------------------------------------------------

@@ -127,21 +127,14 @@ def main():
             module.exit_json(changed=row["placed"] == "claimed", instance=row)
         if action == "unplace":
             module.exit_json(changed=True, instance=lifecycle.unplace(p["id"], p["reason"], url))
-        if action == "running":
-            before = lifecycle.describe(p["id"], url)
-            row = lifecycle.mark_running(p["id"], p["console_port"], url)
-            module.exit_json(changed=before["state"] != "running" or before["console_port"] != row["console_port"],
-                             instance=row)
-        if action == "failed":
-            before = lifecycle.describe(p["id"], url)
-            row = lifecycle.mark_failed(p["id"], p["reason"], url)
-            module.exit_json(changed=before["state"] != row["state"], instance=row)
-        if action in ("suspended", "resumed"):
-            before = lifecycle.describe(p["id"], url)
-            want = "suspended" if action == "suspended" else "running"
-            if before["state"] == want:
-                module.exit_json(changed=False, instance=before)
-            module.exit_json(changed=True, instance=lifecycle.suspended(p["id"], action == "suspended", url))
+        if action in ("running", "failed", "suspended", "resumed"):
+            if action == "running":
+                row = lifecycle.mark_running(p["id"], p["console_port"], url)
+            elif action == "failed":
+                row = lifecycle.mark_failed(p["id"], p["reason"], url)
+            else:
+                row = lifecycle.suspended(p["id"], action == "suspended", url)
+            module.exit_json(changed=row.pop("changed"), instance=row)
         if action == "stopped":
             row = lifecycle.stop(p["id"], url=url)
             module.exit_json(changed=row.pop("changed"), instance=row)
