@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from vcl_sched.lab.inventory import repo_root
+from vcl_sched.paths import repo_root
 
 #: Files under vcl_sched/ that end up in the wheel (pyproject's package-data plus the modules).
 SHIPPED = ("*.py", "*.mako", "py.typed")

@@ -72,7 +72,7 @@ def project_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if explicit is not None:
         path = Path(explicit).expanduser().resolve()
     else:
-        from .lab.inventory import repo_root
+        from .paths import repo_root
 
         root = repo_root()
         if root is None:

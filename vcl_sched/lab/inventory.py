@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import yaml
 
 from vcl_sched.lab._util import write_file
 from vcl_sched.lab.state import DEFAULT_NAME, LabState
+from vcl_sched.paths import repo_root
 
 PUBLIC_POOL = (160, 223)  # VMs' public addresses: aliases on the master's uplink, in the LAN
 PRIVATE_POOL = (16, 254)  # VMs' private addresses, on the VM network
 MAC_PREFIX = "52:54:00"
-
-
-def repo_root() -> Path | None:
-    """The checkout this package runs from (``VCL_REPO`` overrides), or None when installed elsewhere."""
-    env = os.environ.get("VCL_REPO")
-    if env:
-        return Path(env)
-    candidate = Path(__file__).resolve().parents[2]
-    if (candidate / "pyproject.toml").is_file() and (candidate / "vcl_sched").is_dir():
-        return candidate
-    return None
 
 
 def default_inventory_dir(name: str) -> Path:

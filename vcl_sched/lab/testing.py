@@ -18,10 +18,10 @@ from pathlib import Path
 from vcl_sched.lab import net
 from vcl_sched.lab import playbook as _playbook
 from vcl_sched.lab._util import STATE_ROOT, LabError
-from vcl_sched.lab.inventory import repo_root
 from vcl_sched.lab.machines import ssh_argv
 from vcl_sched.lab.playbook import HostRecap, Recap, parse_recap
 from vcl_sched.lab.state import LabState
+from vcl_sched.paths import repo_root
 
 REPO = repo_root() or Path.cwd()
 
