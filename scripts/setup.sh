@@ -32,10 +32,11 @@ if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
 fi
 stamp=.venv/.vcl-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    log "installing the vcl package and its pinned dependencies into .venv"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ lab/pyproject.toml -nt "$stamp" ]; then
+    log "installing the vcl package, the simulated lab (lab/) and their pinned dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[postgresql,libvirt,dev]'
+    # One pip call: the lab's vcl-sched requirement resolves to this checkout, never to an index.
+    .venv/bin/python -m pip install -q -e '.[postgresql,libvirt,dev,lab]' -e ./lab
     touch "$stamp"
 fi
 log "ready: $(.venv/bin/vcl --version 2>/dev/null || echo 'vcl installed')"

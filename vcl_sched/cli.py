@@ -12,41 +12,17 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
 from . import __version__, config, db, service
 from .errors import VclError
+from .tables import INST_COLUMNS, RES_COLUMNS, SLAVE_COLUMNS, fields, request_text, reservation_text, table
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_SERVED = 0, 1, 2, 3
 
 
-# --- output -------------------------------------------------------------------------------------
-
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
-
-
-def fields(obj: dict[str, Any], keys: Sequence[str] | None = None) -> str:
-    keys = keys or [k for k in obj if not isinstance(obj[k], dict | list) or obj[k]]
-    width = max(len(k) for k in keys)
-    return "\n".join(f"{k.ljust(width)}  {_cell(obj.get(k))}" for k in keys)
-
+# --- output (the formats themselves: tables.py) ------------------------------------------------------
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
     if args.json:
@@ -54,13 +30,6 @@ def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> Non
         sys.stdout.write("\n")
     else:
         print(text(data))
-
-
-SLAVE_COLUMNS = ("name", "address", "status", "cores_used", "cores_total", "ram_mb_used", "ram_mb_total",
-                 "disk_gb_used", "disk_gb_total")
-RES_COLUMNS = ("id", "owner", "state", "priority", "cores", "ram_mb", "start", "end", "rescheduled", "reason")
-INST_COLUMNS = ("id", "owner", "kind", "state", "priority", "slave", "cores", "ram_mb", "mac", "private_ip",
-                "public_ip", "ends_at")
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -153,18 +122,6 @@ def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "member": args.member, "image": args.image, "user": args.user, "dry_run": args.dry_run}
 
 
-def _reservation_text(r: dict[str, Any]) -> str:
-    head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
-    if r["state"] == "refused":
-        return f"{head}reservation refused (priority {r['priority']:.3f}): {r['reason']}"
-    lines = [f"{head}reservation {r['id'] if r['id'] is not None else '-'} accepted, priority {r['priority']:.3f}:"
-             f" {r['cores']} cores {r['start']} → {r['end']}"]
-    if r["reason"]:
-        lines.append(f"  {r['reason']}")
-    lines += [f"  moved reservation {m['id']}: {m['from']} → {m['to']} ({m['reason']})" for m in r["moved"]]
-    return "\n".join(lines)
-
-
 def cmd_reserve(args: argparse.Namespace) -> int:
     if args.run:
         if args.dry_run:
@@ -174,33 +131,13 @@ def cmd_reserve(args: argparse.Namespace) -> int:
         extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
         return _submit(args, "reserve", {**extravars, "start": args.start})
     result = service.reserve(start=args.start, **_request_kwargs(args))
-    emit(args, result, _reservation_text)
+    emit(args, result, reservation_text)
     return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
-
-
-def _request_text(r: dict[str, Any]) -> str:
-    head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
-    lines = []
-    if r["decision"] == "place":
-        lines.append(f"{head}instance {r['id'] if r['id'] is not None else '-'} placed on {r['slave']}"
-                     f" (priority {r['priority']:.3f}), {r['hours_granted']} h until {r['ends_at']}")
-        if r.get("mac"):
-            lines.append(f"  MAC {r['mac']}  private {r['private_ip']}  public {r['public_ip']}")
-    elif r["decision"] == "suspend":
-        lines.append(f"{head}request queued (priority {r['priority']:.3f}): suspend"
-                     f" {', '.join('#' + str(v) for v in r['suspend'])} on {r['slave']} to place it")
-    else:
-        lines.append(f"{head}request {r['decision']} (priority {r['priority']:.3f})")
-    if r.get("reason"):
-        lines.append(f"  {r['reason']}")
-    if r.get("explain"):
-        lines.append(f"  placement: {r['explain']}")
-    return "\n".join(lines)
 
 
 def cmd_request(args: argparse.Namespace) -> int:
     result = service.request(disk_gb=args.disk_gb, **_request_kwargs(args))
-    emit(args, result, _request_text)
+    emit(args, result, request_text)
     return EXIT_OK if result["decision"] == "place" else EXIT_NOT_SERVED
 
 
@@ -399,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   " 'now' (best effort)")
     p.add_argument("--hours", required=True)
     p.add_argument("--run", action="store_true",
-                   help="submit playbooks/reserve.yml with these values (ansible-runner) instead of recording"
+                   help="submit vcl.lab.reserve with these values (ansible-runner) instead of recording"
                         " the reservation directly")
     _run_options(p)
 
@@ -425,29 +362,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coefficient", type=float, default=0.20)
     add("demo", cmd_demo, "a scheduler demonstration on a fresh embedded database")
 
-    p = add("run", cmd_run, "run one of the project's playbooks (playbooks/NAME.yml) and print its vcl_result")
-    p.add_argument("playbook", metavar="PLAYBOOK", help="a name in playbooks/ (reserve, dispatch...)")
+    p = add("run", cmd_run, "run one of the collection's playbooks (vcl.lab.NAME) and print its vcl_result")
+    p.add_argument("playbook", metavar="PLAYBOOK", help="a playbook of vcl.lab (reserve, dispatch...)"
+                   " or a playbook file in the project")
     p.add_argument("-e", "--extra-vars", action="append", default=[], dest="extra_vars", metavar="KEY=VALUE")
     _run_options(p)
-    for name, help_ in (("launch", "launch a VM: run playbooks/launch.yml"),
-                        ("suspend", "suspend a VM, keeping its memory: run playbooks/suspend.yml"),
-                        ("resume", "resume a suspended VM: run playbooks/resume.yml"),
-                        ("stop", "stop a VM and release what it holds: run playbooks/stop.yml")):
+    for name, help_ in (("launch", "launch a VM: run vcl.lab.launch"),
+                        ("suspend", "suspend a VM, keeping its memory: run vcl.lab.suspend"),
+                        ("resume", "resume a suspended VM: run vcl.lab.resume"),
+                        ("stop", "stop a VM and release what it holds: run vcl.lab.stop")):
         p = add(name, cmd_lifecycle, help_)
         p.add_argument("id", help="instance id")
         _run_options(p)
     for name, help_ in (("dispatch", "serve what is due now (ends, reservations, waiting requests, resumes):"
-                                     " run playbooks/dispatch.yml"),
-                        ("reconcile", "compare the database with libvirt on every slave: run playbooks/reconcile.yml")):
+                                     " run vcl.lab.dispatch"),
+                        ("reconcile", "compare the database with libvirt on every slave: run vcl.lab.reconcile")):
         _run_options(add(name, cmd_lifecycle, help_))
 
-    try:
-        from .lab import cli as lab_cli
-    except ImportError:  # pragma: no cover - the lab package is optional for the scheduler
-        lab_cli = None
-    if lab_cli is not None and hasattr(lab_cli, "add_parser"):
-        lab_cli.add_parser(sub)
+    add_plugin_commands(sub)
     return parser
+
+
+# --- commands from other distributions ------------------------------------------------------------
+
+# `vcl lab ...` comes from the vcl-lab distribution (lab/ in the checkout): an entry point in this group,
+# "NAME = module:register", whose register(subparsers) adds the command NAME. vcl_sched imports none of them.
+COMMANDS_GROUP = "vcl.commands"
+# Commands another distribution provides, with what to install when one is typed but absent.
+OPTIONAL_COMMANDS = {
+    "lab": "the simulated lab is the vcl-lab distribution, lab/ in the VCL checkout:"
+           " `.venv/bin/pip install -e ./lab` (scripts/setup.sh installs it)",
+}
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the commands of every entry point in COMMANDS_GROUP. A known command that is not installed
+    (or fails to load) stays out of the help but answers, when typed, with what to do (exit 2)."""
+    problems: dict[str, str] = {}
+    for entry in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        if entry.name in sub.choices:
+            problems.setdefault(entry.name, f"two distributions provide it; {entry.value} is not loaded")
+            continue
+        try:
+            entry.load()(sub)
+        except Exception as err:  # a broken extension must not take the scheduler's commands with it
+            problems[entry.name] = f"{entry.value} ({entry.dist.name if entry.dist else '?'}) failed to load: {err}"
+            sub.choices.pop(entry.name, None)
+        else:
+            if entry.name not in sub.choices:
+                problems[entry.name] = f"{entry.value} did not register a command named {entry.name}"
+    for name, hint in OPTIONAL_COMMANDS.items():
+        if name not in sub.choices:
+            problems.setdefault(name, f"`vcl {name}` is not installed: {hint}")
+    for name, problem in problems.items():
+        if name in sub.choices:
+            continue
+        p = sub.add_parser(name, add_help=False)  # no help= : not listed in `vcl --help`
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_unavailable(problem))
+
+
+def _unavailable(problem: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"vcl: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

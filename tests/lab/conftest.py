@@ -16,8 +16,8 @@ import os
 
 import pytest
 
-from vcl_sched.lab import LabError, preflight
-from vcl_sched.lab.testing import Lab, lab_down, lab_up, run_playbook
+from vcl_lab import LabError, preflight
+from vcl_lab.testing import Lab, lab_down, lab_up, run_playbook
 
 __all__ = ["LAB_NAME", "Lab", "require_lab_tools", "run_playbook"]
 

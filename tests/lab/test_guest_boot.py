@@ -1,4 +1,4 @@
-"""The tiny test guest (vcl_sched.lab.guest) boots under libvirt on a lab slave and answers.
+"""The tiny test guest (vcl_lab.guest) boots under libvirt on a lab slave and answers.
 
 The guest is built (or taken from the cache) on the controller, copied to a slave of a lab of its
 own (``VCL_TEST_GUEST_LAB``, default ``vclguest``, one slave; ``VCL_TEST_GUEST_KEEP=1`` leaves it
@@ -24,10 +24,11 @@ import time
 
 import pytest
 
-from vcl_sched.lab import LabError, preflight
-from vcl_sched.lab.guest import LEASE_RE, MARKER_RE, Guest, domain_xml, ensure_guest, pvh_entry
-from vcl_sched.lab.machines import ssh_argv
-from vcl_sched.lab.testing import Lab, lab_down, lab_up
+from vcl_lab import LabError, preflight
+from vcl_lab.guest import LEASE_RE, MARKER_RE, Guest, domain_xml, ensure_guest
+from vcl_lab.guest.kernel import pvh_entry
+from vcl_lab.machines import ssh_argv
+from vcl_lab.testing import Lab, lab_down, lab_up
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from vcl_sched.lab import LabState, image, net
-from vcl_sched.lab.playbook import ansible_tool
-from vcl_sched.lab.testing import REPO, host_leftovers, lab_cli, lab_down, lab_up, run_playbook
+from vcl_lab import LabState, image, net
+from vcl_lab.playbook import ansible_tool
+from vcl_lab.testing import REPO, host_leftovers, lab_cli, lab_down, lab_up, run_playbook
 
 pytestmark = pytest.mark.lab
 

@@ -1,19 +1,24 @@
-"""The lab's pure parts, without a lab: names, subnets, the inventory, the recap parser, the CLI."""
+"""The lab's pure parts, without a lab: names, subnets, the inventory, the recap parser, the CLI, and the
+environment its Ansible and molecule runs get."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import re
+import subprocess
 
 import pytest
 import yaml
 
-from vcl_sched.lab import LabError, net
-from vcl_sched.lab._util import require_tools
-from vcl_sched.lab.cli import add_parser
-from vcl_sched.lab.inventory import render
-from vcl_sched.lab.playbook import parse_recap
-from vcl_sched.lab.state import LabState, machine_plan
+from vcl_lab import LabError, net
+from vcl_lab._util import require_tools
+from vcl_lab.cli import register
+from vcl_lab.inventory import render
+from vcl_lab.playbook import ansible_tool, parse_recap, run_playbook
+from vcl_lab.state import LabState, machine_plan
+from vcl_lab.testing import REPO, Lab, molecule_env
 
 RECAP = """
 TASK [x] ***
@@ -112,7 +117,7 @@ def test_public_pool_does_not_overlap_hosts():
 
 
 def test_a_missing_tool_names_its_package(monkeypatch):
-    import vcl_sched.lab._util as util
+    import vcl_lab._util as util
 
     monkeypatch.setattr(util.shutil, "which", lambda tool, path=None: None)
     with pytest.raises(LabError, match=r"apt-get install debootstrap systemd-container.*requirements/apt-lab.txt"):
@@ -122,10 +127,68 @@ def test_a_missing_tool_names_its_package(monkeypatch):
 def test_cli_registers_under_the_main_command_and_keeps_global_json():
     parser = argparse.ArgumentParser(prog="vcl")
     parser.add_argument("--json", action="store_true")
-    add_parser(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["--json", "lab", "up", "--slaves", "3", "--name", "lab2"])
     assert (args.json, args.slaves, args.name) == (True, 3, "lab2") and callable(args.func)
     args = parser.parse_args(["lab", "status", "--json"])
     assert args.json is True and args.name == "vcl0"
     args = parser.parse_args(["lab", "down"])
     assert args.json is False and callable(args.func)
+
+
+# --- Ansible runs see the checkout as the collection vcl.lab ----------------------------------------
+
+_HOSTILE = {  # what a caller's environment could bring: another config, content by path
+    "ANSIBLE_ROLES_PATH": "/nonexistent/roles",
+    "ANSIBLE_LIBRARY": "/nonexistent/library",
+    "ANSIBLE_MODULE_UTILS": "/nonexistent/module_utils",
+    "ANSIBLE_COLLECTIONS_PATH": "/nonexistent/collections",
+}
+
+
+def test_molecule_runs_see_the_collection(tmp_path, monkeypatch):
+    """Molecule writes its own ansible.cfg (the checkout's is not read): molecule_env must name the collection."""
+    for key, value in _HOSTILE.items():
+        monkeypatch.setenv(key, value)
+    lab = Lab(name="x", inventory=tmp_path / "hosts.yml", key_file=tmp_path / "key", addresses={}, roles={})
+    env = molecule_env(lab, tmp_path / "ephemeral")
+    assert not {k for k in _HOSTILE if k != "ANSIBLE_COLLECTIONS_PATH"} & set(env)
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # as molecule's own: no collections_path
+    env["ANSIBLE_CONFIG"] = str(tmp_path / "ansible.cfg")
+    proc = subprocess.run(
+        [ansible_tool("ansible-galaxy"), "collection", "list", "vcl.lab", "--format", "json"],
+        cwd=REPO / "roles" / "dhcpd", env=env, text=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert list(found) == [str(REPO / "collections" / "ansible_collections")], found
+    assert list(found[str(REPO / "collections" / "ansible_collections")]) == ["vcl.lab"], found
+
+
+def test_run_playbook_uses_the_checkouts_ansible_cfg(tmp_path, monkeypatch):
+    """An ANSIBLE_CONFIG or content paths in the caller's environment do not replace the checkout's settings."""
+    hostile = tmp_path / "hostile.cfg"
+    hostile.write_text("[defaults]\ncollections_path = /nonexistent/cfg-collections\n")
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(hostile))
+    for key, value in _HOSTILE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)  # not the checkout: run_playbook runs there by default
+    playbook = tmp_path / "where.yml"
+    playbook.write_text(
+        "- name: Where Ansible looks\n"
+        "  hosts: localhost\n"
+        "  connection: local\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - name: Show the collections and roles paths\n"
+        "      ansible.builtin.debug:\n"
+        "        msg: \"PATHS {{ {'collections': lookup('ansible.builtin.config', 'COLLECTIONS_PATHS'),"
+        " 'roles': lookup('ansible.builtin.config', 'DEFAULT_ROLES_PATH'),"
+        " 'config': lookup('ansible.builtin.config', 'CONFIG_FILE')} | to_json }} END\"\n"
+    )
+    recap = run_playbook("localhost,", playbook)
+    assert recap.ok, recap.stdout + recap.stderr
+    seen = json.loads(re.search(r"PATHS (.*) END", recap.stdout).group(1).replace('\\"', '"'))
+    assert seen["config"] == str(REPO / "ansible.cfg")
+    assert seen["collections"][0] == str(REPO / "collections")
+    assert not any("nonexistent" in p for p in seen["collections"] + seen["roles"]), seen

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vcl_sched.lab import guest as g
-from vcl_sched.lab._util import LabError
+from vcl_lab._util import LabError
+from vcl_lab.guest import build, domain, initramfs, kernel
 
 # --- synthetic ELF files ---------------------------------------------------------------------------
 
@@ -77,23 +77,23 @@ def make_bzimage(payload: bytes, *, header: bool = True, setup_sects: int = 3, s
 
 
 def test_pvh_entry_is_read_from_the_xen_note():
-    assert g.pvh_entry(KERNEL) == 0x1000850
-    assert g.pvh_entry(make_elf(notes=_note(b"Linux", 6, b"6.1.0"), body=b"x" * 16)) is None
-    assert g.pvh_entry(make_elf(notes=_note(b"Xen", 17, b"\0" * 8))) is None  # another Xen note type
+    assert kernel.pvh_entry(KERNEL) == 0x1000850
+    assert kernel.pvh_entry(make_elf(notes=_note(b"Linux", 6, b"6.1.0"), body=b"x" * 16)) is None
+    assert kernel.pvh_entry(make_elf(notes=_note(b"Xen", 17, b"\0" * 8))) is None  # another Xen note type
 
 
 def test_elf_extent_drops_trailing_data_and_rejects_truncation():
-    assert g.elf_extent(KERNEL + RELOCS) == len(KERNEL)
+    assert kernel.elf_extent(KERNEL + RELOCS) == len(KERNEL)
     with pytest.raises(LabError, match="truncated"):
-        g.elf_extent(KERNEL[:-100])
+        kernel.elf_extent(KERNEL[:-100])
     with pytest.raises(LabError, match="not an ELF"):
-        g.elf_extent(b"MZ" + KERNEL)
+        kernel.elf_extent(b"MZ" + KERNEL)
 
 
 def test_extract_vmlinux_through_the_boot_header():
     payload = lzma.compress(KERNEL + RELOCS, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
     image = make_bzimage(payload, stub=b"\x00" * 64)
-    assert g.extract_vmlinux(image) == KERNEL
+    assert kernel.extract_vmlinux(image) == KERNEL
 
 
 @pytest.mark.parametrize("kind", ["xz", "gzip"])
@@ -103,19 +103,19 @@ def test_extract_vmlinux_by_magic_without_a_header(kind):
     # A decoy: the magic of a stream that does not decompress, before the real one.
     decoy = b"\xfd7zXZ\x00garbage" if kind == "xz" else b"\x1f\x8b\x08garbage"
     image = make_bzimage(payload, header=False, stub=decoy)
-    assert g.extract_vmlinux(image) == KERNEL
+    assert kernel.extract_vmlinux(image) == KERNEL
 
 
 def test_extract_vmlinux_refuses_a_payload_that_is_not_elf():
     image = make_bzimage(lzma.compress(b"\0" * 4096, format=lzma.FORMAT_XZ), stub=b"")
     with pytest.raises(LabError, match="no ELF kernel"):
-        g.extract_vmlinux(image)
+        kernel.extract_vmlinux(image)
     with pytest.raises(LabError, match="no known compressed payload"):
-        g.extract_vmlinux(b"\0" * 8192)
+        kernel.extract_vmlinux(b"\0" * 8192)
 
 
 def test_an_elf_input_is_returned_trimmed():
-    assert g.extract_vmlinux(KERNEL + RELOCS) == KERNEL
+    assert kernel.extract_vmlinux(KERNEL + RELOCS) == KERNEL
 
 
 # --- modules ---------------------------------------------------------------------------------------
@@ -127,16 +127,16 @@ def ko(name: str, depends: str) -> bytes:
 
 
 def test_modinfo_reads_the_modinfo_section():
-    info = g.modinfo(ko("virtio_net", "net_failover,virtio,virtio_ring"))
+    info = kernel.modinfo(ko("virtio_net", "net_failover,virtio,virtio_ring"))
     assert info["depends"] == ["net_failover,virtio,virtio_ring"]
     assert info["name"] == ["virtio_net"]
     with pytest.raises(LabError, match="modinfo"):
-        g.modinfo(make_elf(sections={".text": b"\xc3"}))
+        kernel.modinfo(make_elf(sections={".text": b"\xc3"}))
 
 
 def test_module_name_normalises_dashes_and_suffixes():
-    assert g.module_name("kernel/drivers/char/hw_random/virtio-rng.ko") == "virtio_rng"
-    assert g.module_name("kernel/net/core/failover.ko.xz") == "failover"
+    assert kernel.module_name("kernel/drivers/char/hw_random/virtio-rng.ko") == "virtio_rng"
+    assert kernel.module_name("kernel/net/core/failover.ko.xz") == "failover"
 
 
 def _fake_tree():
@@ -150,7 +150,7 @@ def _fake_tree():
         "kernel/drivers/net/virtio_net.ko": ko("virtio_net", "net_failover,virtio,virtio_ring"),
         "kernel/drivers/block/virtio_blk.ko": ko("virtio_blk", "virtio,virtio_ring,crc32c"),
     }
-    available = {g.module_name(p): p for p in files}
+    available = {kernel.module_name(p): p for p in files}
     return files, available
 
 
@@ -162,8 +162,8 @@ def test_resolve_modules_orders_dependencies_first_and_skips_builtins():
         reads.append(path)
         return files[path]
 
-    order = g.resolve_modules(["virtio_pci", "virtio_net", "virtio_blk"], available, {"crc32c"}, read)
-    names = [g.module_name(p) for p in order]
+    order = kernel.resolve_modules(["virtio_pci", "virtio_net", "virtio_blk"], available, {"crc32c"}, read)
+    names = [kernel.module_name(p) for p in order]
     assert sorted(names) == sorted(available)  # each once, only what is needed
     for module, deps in {
         "virtio": ["virtio_ring"],
@@ -180,13 +180,13 @@ def test_resolve_modules_orders_dependencies_first_and_skips_builtins():
 def test_resolve_modules_fails_on_missing_and_cyclic_modules():
     files, available = _fake_tree()
     with pytest.raises(LabError, match=r"crc32c .*virtio_blk"):
-        g.resolve_modules(["virtio_blk"], available, set(), files.__getitem__)
+        kernel.resolve_modules(["virtio_blk"], available, set(), files.__getitem__)
     files["kernel/a.ko"], files["kernel/b.ko"] = ko("a", "b"), ko("b", "a")
     available.update(a="kernel/a.ko", b="kernel/b.ko")
     with pytest.raises(LabError, match="cycle: a -> b -> a"):
-        g.resolve_modules(["a"], available, set(), files.__getitem__)
+        kernel.resolve_modules(["a"], available, set(), files.__getitem__)
     # A built-in wanted module needs nothing at all.
-    assert g.resolve_modules(["virtio_pci"], available, {"virtio_pci"}, files.__getitem__) == []
+    assert kernel.resolve_modules(["virtio_pci"], available, {"virtio_pci"}, files.__getitem__) == []
 
 
 # --- cpio ------------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def parse_newc(data: bytes) -> list[dict]:
 
 
 def test_cpio_writer_makes_a_valid_newc_archive():
-    w = g.CpioWriter()
+    w = initramfs.CpioWriter()
     w.add_dir("bin")
     w.add_file("bin/busybox", b"\x7fELF-static" * 3, 0o755)
     w.add_symlink("bin/sh", "busybox")
@@ -254,7 +254,7 @@ def test_cpio_writer_makes_a_valid_newc_archive():
 
 
 def test_cpio_writer_refuses_orphans_and_duplicates():
-    w = g.CpioWriter()
+    w = initramfs.CpioWriter()
     with pytest.raises(ValueError, match="before its directory"):
         w.add_file("etc/passwd", b"")
     w.add_dir("etc")
@@ -269,7 +269,7 @@ def test_cpio_archive_extracts_with_a_real_cpio(tmp_path):
     tool = shutil.which("cpio") or shutil.which("busybox")
     if tool is None:
         pytest.skip("neither cpio nor busybox on this host (the strict reader above still checks the format)")
-    archive = g.build_initramfs(b"BUSYBOX", "6.1.0-57-amd64", [("kernel/net/core/failover.ko", b"KO")])
+    archive = initramfs.build_initramfs(b"BUSYBOX", "6.1.0-57-amd64", [("kernel/net/core/failover.ko", b"KO")])
     argv = [tool, "-i", "-d"] if tool.endswith("cpio") and not tool.endswith("busybox") else [tool, "cpio", "-i", "-d"]
     subprocess.run(argv, input=archive, cwd=tmp_path, check=True, capture_output=True)
     assert (tmp_path / "bin/busybox").read_bytes() == b"BUSYBOX"
@@ -279,9 +279,9 @@ def test_cpio_archive_extracts_with_a_real_cpio(tmp_path):
 
 def test_initramfs_holds_busybox_init_scripts_and_modules_in_order():
     mods = [("kernel/drivers/virtio/virtio_ring.ko", b"R"), ("kernel/drivers/virtio/virtio.ko", b"V")]
-    entries = {e["name"]: e for e in parse_newc(g.build_initramfs(b"BB", "6.1.0-57-amd64", mods))}
+    entries = {e["name"]: e for e in parse_newc(initramfs.build_initramfs(b"BB", "6.1.0-57-amd64", mods))}
     init = entries["init"]
-    assert stat.S_IMODE(init["mode"]) == 0o755 and init["data"] == g.INIT_SCRIPT.encode()
+    assert stat.S_IMODE(init["mode"]) == 0o755 and init["data"] == initramfs.INIT_SCRIPT.encode()
     assert entries["bin/busybox"]["data"] == b"BB" and entries["bin/sh"]["data"] == b"busybox"
     assert entries["dev/console"]["rdev"] == (5, 1)
     assert entries["etc/vcl/modules"]["data"] == (
@@ -297,18 +297,18 @@ def test_initramfs_holds_busybox_init_scripts_and_modules_in_order():
 @pytest.mark.parametrize("script", ["INIT_SCRIPT", "UDHCPC_SCRIPT", "MARKER_SCRIPT"])
 def test_guest_scripts_are_valid_shell(script, tmp_path):
     path = tmp_path / "s.sh"
-    path.write_text(getattr(g, script))
+    path.write_text(getattr(initramfs, script))
     proc = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_init_prints_the_lines_the_tests_look_for():
-    assert 'echo "vcl-guest: booted"' in g.INIT_SCRIPT
-    assert 'say "lease $IP"' in g.INIT_SCRIPT and g.INIT_SCRIPT.count("lease $IP") == 1
-    assert 'echo "vcl-guest ready $IP $MAC"' in g.INIT_SCRIPT
-    assert "-p 80 " in g.INIT_SCRIPT and g.MARKER_PORT == 80
-    assert g.LEASE_RE.search("x\nvcl-guest: lease 10.0.0.5\r\n").group(1) == "10.0.0.5"
-    m = g.MARKER_RE.search("vcl-guest ready 10.0.0.5 52:54:00:aa:bb:01\n")
+    assert 'echo "vcl-guest: booted"' in initramfs.INIT_SCRIPT
+    assert 'say "lease $IP"' in initramfs.INIT_SCRIPT and initramfs.INIT_SCRIPT.count("lease $IP") == 1
+    assert 'echo "vcl-guest ready $IP $MAC"' in initramfs.INIT_SCRIPT
+    assert "-p 80 " in initramfs.INIT_SCRIPT and initramfs.MARKER_PORT == 80
+    assert initramfs.LEASE_RE.search("x\nvcl-guest: lease 10.0.0.5\r\n").group(1) == "10.0.0.5"
+    m = initramfs.MARKER_RE.search("vcl-guest ready 10.0.0.5 52:54:00:aa:bb:01\n")
     assert m.groups() == ("10.0.0.5", "52:54:00:aa:bb:01")
 
 
@@ -323,7 +323,7 @@ def test_udhcpc_script_applies_address_and_router(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     script = tmp_path / "udhcpc.sh"
-    script.write_text(g.UDHCPC_SCRIPT.replace("/run/vcl/", f"{run_dir}/"))
+    script.write_text(initramfs.UDHCPC_SCRIPT.replace("/run/vcl/", f"{run_dir}/"))
     env = {
         "PATH": f"{bindir}:/usr/bin:/bin",
         "interface": "eth0",
@@ -339,9 +339,9 @@ def test_udhcpc_script_applies_address_and_router(tmp_path):
     assert (run_dir / "ip").read_text().strip() == "10.9.8.7"
 
 
-def _inputs(**kw) -> g.GuestInputs:
+def _inputs(**kw) -> build.GuestInputs:
     base = dict(kernel_package="linux-image-6.1.0-57-amd64", kernel_version="6.1.192-3", busybox_version="1:1.35")
-    return g.GuestInputs(**{**base, **kw})
+    return build.GuestInputs(**{**base, **kw})
 
 
 def test_the_key_follows_every_input(monkeypatch):
@@ -350,20 +350,20 @@ def test_the_key_follows_every_input(monkeypatch):
     assert _inputs(kernel_version="6.1.193-1").key() != key
     assert _inputs(busybox_version="1:1.36").key() != key
     assert _inputs(modules=("virtio_pci", "virtio_net")).key() != key
-    monkeypatch.setattr(g, "INIT_SCRIPT", g.INIT_SCRIPT + "# changed\n")
+    monkeypatch.setattr(initramfs, "INIT_SCRIPT", initramfs.INIT_SCRIPT + "# changed\n")
     assert _inputs().key() != key
-    monkeypatch.setattr(g, "DEFAULT_CMDLINE", g.DEFAULT_CMDLINE + " loglevel=8")
+    monkeypatch.setattr(build, "DEFAULT_CMDLINE", build.DEFAULT_CMDLINE + " loglevel=8")
     assert _inputs().key() != key
 
 
 def test_static_cmdline():
-    guest = g.Guest(
+    guest = build.Guest(
         key="k",
         directory=Path("/x"),
         vmlinux=Path("/x/vmlinux"),
         initrd=Path("/x/initrd.img"),
         disk=Path("/x/disk.qcow2"),
-        cmdline=g.DEFAULT_CMDLINE,
+        cmdline=build.DEFAULT_CMDLINE,
         marker_port=80,
         kernel_package="p",
         kernel_version="v",
@@ -372,7 +372,7 @@ def test_static_cmdline():
         modules=(),
         build_seconds=1.0,
     )
-    assert guest.static_cmdline("10.1.2.3/24") == g.DEFAULT_CMDLINE + " vcl.ip=10.1.2.3/24"
+    assert guest.static_cmdline("10.1.2.3/24") == build.DEFAULT_CMDLINE + " vcl.ip=10.1.2.3/24"
     assert guest.static_cmdline("10.1.2.3/24", "10.1.2.1").endswith(" vcl.ip=10.1.2.3/24 vcl.gw=10.1.2.1")
     for bad in ("10.1.2.3", "10.1.2.3/24 init=/bin/sh"):
         with pytest.raises(LabError):
@@ -382,7 +382,7 @@ def test_static_cmdline():
 
 
 def test_domain_xml_has_what_a_software_guest_needs():
-    xml = g.domain_xml(
+    xml = domain.domain_xml(
         "t1",
         kernel="/i/vmlinux",
         initrd="/i/initrd.img",
@@ -403,7 +403,7 @@ def test_domain_xml_has_what_a_software_guest_needs():
     assert dom.find("devices/disk/target").get("bus") == "virtio"
     assert dom.find("devices/controller[@type='usb']").get("model") == "none"
     assert (
-        ET.fromstring(g.domain_xml("t2", kernel="k", initrd="i", cmdline="c", serial_log="s")).find("devices/disk")
+        ET.fromstring(domain.domain_xml("t2", kernel="k", initrd="i", cmdline="c", serial_log="s")).find("devices/disk")
         is None
     )
 
@@ -412,10 +412,10 @@ def test_domain_xml_has_what_a_software_guest_needs():
 
 
 def test_ensure_guest_builds_once_and_points_current(tmp_path, monkeypatch):
-    monkeypatch.setattr(g, "GUEST_ROOT", tmp_path)
-    monkeypatch.setattr(g, "require_tools", lambda *t: {})
+    monkeypatch.setattr(build, "GUEST_ROOT", tmp_path)
+    monkeypatch.setattr(build, "require_tools", lambda *t: {})
     inputs = [_inputs()]
-    monkeypatch.setattr(g, "resolve_inputs", lambda: inputs[0])
+    monkeypatch.setattr(build, "resolve_inputs", lambda: inputs[0])
     builds: list[str] = []
 
     def fake_build(inp, final, progress):
@@ -426,7 +426,7 @@ def test_ensure_guest_builds_once_and_points_current(tmp_path, monkeypatch):
             (out / name).write_bytes(b"x")
         manifest = dict(
             key=inp.key(),
-            cmdline=g.DEFAULT_CMDLINE,
+            cmdline=build.DEFAULT_CMDLINE,
             marker_port=80,
             kernel_package=inp.kernel_package,
             kernel_version=inp.kernel_version,
@@ -440,29 +440,29 @@ def test_ensure_guest_builds_once_and_points_current(tmp_path, monkeypatch):
             shutil.rmtree(final)
         out.rename(final)
 
-    monkeypatch.setattr(g, "_build", fake_build)
-    first = g.ensure_guest(progress=lambda m: None)
+    monkeypatch.setattr(build, "_build", fake_build)
+    first = build.ensure_guest(progress=lambda m: None)
     assert first.built and builds == [first.key]
-    again = g.ensure_guest(progress=lambda m: None)
-    assert not again.built and builds == [first.key] and again == g.Guest.load(first.directory)
-    assert (tmp_path / "current").resolve() == first.directory and g.current_guest().key == first.key
-    g.ensure_guest(rebuild=True, progress=lambda m: None)
+    again = build.ensure_guest(progress=lambda m: None)
+    assert not again.built and builds == [first.key] and again == build.Guest.load(first.directory)
+    assert (tmp_path / "current").resolve() == first.directory and build.current_guest().key == first.key
+    build.ensure_guest(rebuild=True, progress=lambda m: None)
     assert builds == [first.key, first.key]
     inputs[0] = _inputs(kernel_version="6.1.200-1")  # a new kernel on the mirror: a new guest
-    newer = g.ensure_guest(progress=lambda m: None)
-    assert newer.key != first.key and newer.built and g.current_guest().key == newer.key
+    newer = build.ensure_guest(progress=lambda m: None)
+    assert newer.key != first.key and newer.built and build.current_guest().key == newer.key
     assert first.directory.is_dir()  # the old build stays until pruned
 
     def no_apt():
         raise LabError("no lists")
 
-    monkeypatch.setattr(g, "resolve_inputs", no_apt)  # offline: the current guest is used
-    assert g.ensure_guest(progress=lambda m: None).key == newer.key
-    assert g.prune_guests() == [first.directory]
-    assert not first.directory.exists() and g.current_guest().key == newer.key
+    monkeypatch.setattr(build, "resolve_inputs", no_apt)  # offline: the current guest is used
+    assert build.ensure_guest(progress=lambda m: None).key == newer.key
+    assert build.prune_guests() == [first.directory]
+    assert not first.directory.exists() and build.current_guest().key == newer.key
 
 
 def test_an_incomplete_guest_directory_is_not_loaded(tmp_path):
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(LabError, match="no complete guest"):
-        g.Guest.load(tmp_path)
+        build.Guest.load(tmp_path)

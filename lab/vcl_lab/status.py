@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from vcl_sched.lab import machines, net
-from vcl_sched.lab.state import DEFAULT_NAME, LabState
+from vcl_lab import machines, net
+from vcl_lab.state import DEFAULT_NAME, LabState
 
 
 def status(name: str = DEFAULT_NAME, *, probe: bool = True) -> dict:

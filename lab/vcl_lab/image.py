@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vcl_sched.lab._util import CACHE_DIR, LabError, locked, log, require_tools, run, safe_rmtree, write_file
+from vcl_lab._util import CACHE_DIR, LabError, locked, log, require_tools, run, safe_rmtree, write_file
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

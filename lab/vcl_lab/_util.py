@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vcl_sched.errors import VclError
 
-log = logging.getLogger("vcl_sched.lab")
+log = logging.getLogger("vcl_lab")
 
 #: Where the debootstrap images are cached (built once, shared by every lab).
 CACHE_DIR = Path(os.environ.get("VCL_LAB_CACHE", "/var/cache/vcl-lab"))

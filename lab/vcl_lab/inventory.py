@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from vcl_sched.lab._util import write_file
-from vcl_sched.lab.state import DEFAULT_NAME, LabState
+from vcl_lab._util import write_file
+from vcl_lab.state import DEFAULT_NAME, LabState
 from vcl_sched.paths import repo_root
 
 PUBLIC_POOL = (160, 223)  # VMs' public addresses: aliases on the master's uplink, in the LAN
@@ -22,7 +22,7 @@ def default_inventory_dir(name: str) -> Path:
     root = repo_root()
     if name == DEFAULT_NAME and root is not None:
         return root / "inventory" / "lab"
-    from vcl_sched.lab.state import state_dir
+    from vcl_lab.state import state_dir
 
     return state_dir(name) / "inventory"
 
@@ -30,7 +30,7 @@ def default_inventory_dir(name: str) -> Path:
 def _images() -> list[str]:
     """``lab_images``: the test guest `vcl lab guest` built (a Debian kernel and a busybox initramfs that
     takes a DHCP lease and answers on port 80), which site.yml copies into the master's image store."""
-    from vcl_sched.lab.guest import current_guest
+    from vcl_lab.guest import current_guest
 
     built = current_guest()
     if built is None:
@@ -96,10 +96,10 @@ def render(state: LabState) -> str:
 
 
 PLUGIN_CONFIG = """\
-# Written by `vcl lab up`: the slaves registered in the lab database, read by plugins/inventory/vcl_slaves.py
+# Written by `vcl lab up`: the slaves registered in the lab database, read by the inventory plugin vcl.lab.vcl_slaves
 # (`ansible-inventory -i inventory/lab --graph`). The database is the `vcl` command's ($VCL_DB_URL or the default).
 # inventory/sample/vcl_slaves.yml documents every option.
-plugin: vcl_slaves
+plugin: vcl.lab.vcl_slaves
 """
 
 

@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vcl_sched.lab._util import LabError
+from vcl_lab._util import LabError
+from vcl_sched.paths import repo_root
 
 _RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
 COUNTERS = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
@@ -88,6 +89,27 @@ def ansible_tool(tool: str) -> str:
     return found
 
 
+# Settings that would name Ansible content by path, or another configuration, from the caller's environment:
+# the checkout's ansible.cfg names everything (the collection vcl.lab through its collections_path).
+FOREIGN_ANSIBLE_ENV = (
+    "ANSIBLE_CONFIG",
+    "ANSIBLE_ROLES_PATH",
+    "ANSIBLE_LIBRARY",
+    "ANSIBLE_MODULE_UTILS",
+    "ANSIBLE_ACTION_PLUGINS",
+    "ANSIBLE_FILTER_PLUGINS",
+    "ANSIBLE_INVENTORY_PLUGINS",
+    "ANSIBLE_COLLECTIONS_PATH",
+    "ANSIBLE_COLLECTIONS_PATHS",
+)
+
+
+def collections_path(root: Path) -> str:
+    """ANSIBLE_COLLECTIONS_PATH for a checkout at ``root``: its collections/ (where vcl.lab links to the
+    checkout), then Ansible's usual places; as the checkout's ansible.cfg says, for runs that do not read it."""
+    return os.pathsep.join([str(root / "collections"), "~/.ansible/collections", "/usr/share/ansible/collections"])
+
+
 def run_playbook(
     inventory: str | os.PathLike[str],
     playbook: str | os.PathLike[str],
@@ -96,9 +118,16 @@ def run_playbook(
     env: dict[str, str] | None = None,
     timeout: float = 1800,
 ) -> Recap:
-    """``ansible-playbook -i INVENTORY PLAYBOOK EXTRA...``; never raises on a failed play (read the Recap)."""
+    """``ansible-playbook -i INVENTORY PLAYBOOK EXTRA...`` in ``cwd`` (default: the checkout), with that
+    directory's ansible.cfg (an ANSIBLE_CONFIG or content path from the caller's environment does not count;
+    ``env`` may still set them). Never raises on a failed play (read the Recap)."""
+    if cwd is None:
+        cwd = repo_root() or Path.cwd()
     argv = [ansible_tool("ansible-playbook"), "-i", str(inventory), str(playbook), *extra_args]
-    run_env = dict(os.environ)
+    run_env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ANSIBLE_ENV}
+    config = Path(cwd) / "ansible.cfg"
+    if config.is_file():
+        run_env["ANSIBLE_CONFIG"] = str(config)
     run_env.update(
         {
             "ANSIBLE_NOCOLOR": "1",

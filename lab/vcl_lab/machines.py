@@ -16,10 +16,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from vcl_sched.lab import net
-from vcl_sched.lab._util import LabError, log, mounted_under, run, write_file
-from vcl_sched.lab.image import Images
-from vcl_sched.lab.state import LabState, Machine
+from vcl_lab import net
+from vcl_lab._util import LabError, log, mounted_under, run, write_file
+from vcl_lab.image import Images
+from vcl_lab.state import LabState, Machine
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Hierarchies each machine gets its own cgroup in (those that exist on the host).

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vcl_sched.lab._util import LabError, run
+from vcl_lab._util import LabError, run
 
 SUPERNET = ipaddress.IPv4Network("10.213.0.0/16")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")

@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vcl_sched.lab import net
-from vcl_sched.lab._util import STATE_ROOT, LabError, write_file
+from vcl_lab import net
+from vcl_lab._util import STATE_ROOT, LabError, write_file
 
 DEFAULT_NAME = "vcl0"
 STATE_VERSION = 1

@@ -1,7 +1,7 @@
 """Helpers for tests that drive a lab (tests/lab/conftest.py wraps them in fixtures).
 
 Kept in the package, not in a conftest, so any test directory (role tests, end-to-end tests)
-can import them: ``from vcl_sched.lab.testing import Lab, lab_up, run_playbook``.
+can import them: ``from vcl_lab.testing import Lab, lab_up, run_playbook``.
 """
 
 from __future__ import annotations
@@ -15,23 +15,23 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vcl_sched.lab import net
-from vcl_sched.lab import playbook as _playbook
-from vcl_sched.lab._util import STATE_ROOT, LabError
-from vcl_sched.lab.machines import ssh_argv
-from vcl_sched.lab.playbook import HostRecap, Recap, parse_recap
-from vcl_sched.lab.state import LabState
+from vcl_lab import net
+from vcl_lab import playbook as _playbook
+from vcl_lab._util import STATE_ROOT, LabError
+from vcl_lab.machines import ssh_argv
+from vcl_lab.playbook import HostRecap, Recap, parse_recap
+from vcl_lab.state import LabState
 from vcl_sched.paths import repo_root
 
 REPO = repo_root() or Path.cwd()
 
 
 def lab_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """``python -m vcl_sched.lab.cli ARGS`` in a child process, as an admin runs `vcl lab ...`.
+    """``python -m vcl_lab.cli ARGS`` in a child process, as an admin runs `vcl lab ...`.
 
     A child process, so the machines' systemd-nspawn processes are not children of the test run."""
     return subprocess.run(
-        [sys.executable, "-m", "vcl_sched.lab.cli", *args],
+        [sys.executable, "-m", "vcl_lab.cli", *args],
         cwd=REPO,
         text=True,
         capture_output=True,
@@ -167,18 +167,25 @@ def molecule_executable() -> str:
     if found is None:
         raise LabError(
             "molecule is not installed: it is pinned in the `dev` extra of pyproject.toml; run "
-            "`.venv/bin/pip install -e '.[postgresql,libvirt,dev]'` (scripts/setup.sh does it)."
+            "`.venv/bin/pip install -e '.[postgresql,libvirt,dev,lab]' -e ./lab` (scripts/setup.sh does it)."
         )
     return found
 
 
 def molecule_env(lab: Lab, ephemeral: Path) -> dict[str, str]:
     """The environment molecule runs in: this venv's Ansible first on PATH, the lab's inventory
-    (VCL_LAB_INVENTORY), a per-run ephemeral directory, no colours, nothing MOLECULE_* from outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOLECULE_") and k != "ANSIBLE_CONFIG"}
+    (VCL_LAB_INVENTORY), a per-run ephemeral directory, no colours, nothing MOLECULE_* from outside.
+
+    Molecule writes its own ansible.cfg (ANSIBLE_CONFIG), so the checkout's is not read: its collections path
+    comes as ANSIBLE_COLLECTIONS_PATH, which is how the scenarios' plays find the roles, modules and plugins
+    (by FQCN, vcl.lab.<name>). No roles or modules by path from the caller's environment."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MOLECULE_") and k not in _playbook.FOREIGN_ANSIBLE_ENV
+    }
     env.update(
         {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            "ANSIBLE_COLLECTIONS_PATH": _playbook.collections_path(REPO),
             "VCL_LAB_INVENTORY": str(lab.inventory),
             "VCL_REPO": str(REPO),
             "MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral),

@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vcl_sched.lab import guest, image, inventory, machines, net
-from vcl_sched.lab._util import (
+from vcl_lab import guest, image, inventory, machines, net
+from vcl_lab._util import (
     STATE_ROOT,
     LabError,
     locked,
@@ -20,7 +20,7 @@ from vcl_sched.lab._util import (
     run,
     safe_rmtree,
 )
-from vcl_sched.lab.state import DEFAULT_NAME, LabState, all_labs, cgroup_name, machine_plan, state_dir
+from vcl_lab.state import DEFAULT_NAME, LabState, all_labs, cgroup_name, machine_plan, state_dir
 
 HOST_TOOLS = ("debootstrap", "systemd-nspawn", "iptables", "ip", "ssh", "ssh-keygen", "mount", "umount", "chroot")
 SSH_TIMEOUT = 90.0
@@ -251,7 +251,7 @@ def down(name: str = DEFAULT_NAME, *, progress=print, grace: float = 15.0) -> di
 
 
 def _unknown(name: str, host: str):
-    from vcl_sched.lab.state import Machine
+    from vcl_lab.state import Machine
 
     return Machine(host=host, role="client", address="", uplink="eth0", veth=net.veth_name(name, host))
 
@@ -266,7 +266,7 @@ def is_clean(name: str = DEFAULT_NAME) -> list[str]:
         if link.name == bridge or link.name.startswith(prefix):
             leftovers.append(f"link {link.name}")
     sdir = state_dir(name)
-    from vcl_sched.lab._util import mounted_under
+    from vcl_lab._util import mounted_under
 
     leftovers += [f"mount {p}" for p in mounted_under(sdir)]
     if shutil.which("iptables") or Path("/usr/sbin/iptables").exists():

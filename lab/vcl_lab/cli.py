@@ -1,4 +1,4 @@
-"""`vcl lab up|down|status|guest` (also runnable alone: ``python3 -m vcl_sched.lab.cli up``)."""
+"""`vcl lab up|down|status|guest` (also runnable alone: ``python3 -m vcl_lab.cli up``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from vcl_lab.state import DEFAULT_NAME
 from vcl_sched.errors import VclError
-from vcl_sched.lab.state import DEFAULT_NAME
 
 
 def _json(args: argparse.Namespace) -> bool:
@@ -30,8 +30,8 @@ def _fail(args: argparse.Namespace, err: Exception) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from vcl_sched.lab import ops
-    from vcl_sched.lab.status import format_status, status
+    from vcl_lab import ops
+    from vcl_lab.status import format_status, status
 
     try:
         ops.up(
@@ -53,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from vcl_sched.lab import ops
+    from vcl_lab import ops
 
     try:
         summary = ops.down(args.name, progress=_progress(args))
@@ -68,7 +68,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vcl_sched.lab.status import format_status, status
+    from vcl_lab.status import format_status, status
 
     try:
         data = status(args.name, probe=not args.no_probe)
@@ -82,7 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_guest(args: argparse.Namespace) -> int:
-    from vcl_sched.lab.guest import ensure_guest
+    from vcl_lab.guest import ensure_guest
 
     try:
         guest = ensure_guest(rebuild=args.rebuild, progress=_progress(args))
@@ -100,8 +100,9 @@ def cmd_guest(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers) -> None:
-    """Register `lab` with its `up`, `down`, `status` and `guest` sub-commands on the `vcl` command."""
+def register(subparsers) -> None:
+    """Add `lab` with its `up`, `down`, `status` and `guest` sub-commands to the `vcl` command
+    (the vcl.commands entry point of lab/pyproject.toml names this function)."""
     lab = subparsers.add_parser(
         "lab",
         help="the simulated lab: systemd-nspawn machines on this host",
@@ -144,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every command run")
     subparsers = parser.add_subparsers(dest="command")
     subparsers.required = True
-    add_parser(subparsers)
+    register(subparsers)
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if first is not None and argv[first] != "lab":
-        argv.insert(first, "lab")  # python3 -m vcl_sched.lab.cli up
+        argv.insert(first, "lab")  # python3 -m vcl_lab.cli up
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     return args.func(args)

@@ -1,0 +1,187 @@
+"""The test guest's initramfs: a newc cpio written here (no host ``cpio``), holding a static busybox, the
+kernel modules to load and an ``/init`` that prints ``vcl-guest: booted``, configures eth0 (``vcl.ip=ADDR/PREFIX``
+[``vcl.gw=ADDR``] on the kernel command line, else DHCP with busybox udhcpc), prints ``vcl-guest: lease <ip>``
+once and answers every TCP connection on MARKER_PORT with one line ``vcl-guest ready <ip> <mac>``.
+
+BOOTED_LINE, LEASE_RE and MARKER_RE are that contract as the tests read it.
+"""
+
+from __future__ import annotations
+
+import re
+
+MARKER_PORT = 80
+
+BOOTED_LINE = "vcl-guest: booted"
+#: The serial console's line once eth0 has an address (DHCP lease or vcl.ip=): group 1 is the address.
+LEASE_RE = re.compile(r"^vcl-guest: lease (\d+\.\d+\.\d+\.\d+)\s*$", re.MULTILINE)
+#: What each connection to MARKER_PORT reads: groups are the address and the MAC.
+MARKER_RE = re.compile(r"^vcl-guest ready (\d+\.\d+\.\d+\.\d+) ([0-9a-f]{2}(?::[0-9a-f]{2}){5})\s*$", re.MULTILINE)
+
+INIT_SCRIPT = r"""#!/bin/sh
+# /init of the vcl test guest (written by vcl_lab.guest.initramfs). Busybox only; never exits.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+echo "vcl-guest: booted"
+say() { echo "vcl-guest: $*"; }
+hang() { say "error: $*"; while :; do sleep 3600; done; }
+mkdir -p /run/vcl /tmp
+while read -r mod; do
+    insmod "/lib/modules/$mod" || say "error: insmod $mod failed"
+done </etc/vcl/modules
+i=0
+while [ ! -e /sys/class/net/eth0 ]; do
+    i=$((i + 1))
+    [ "$i" -gt 300 ] && hang "no eth0 after 30 s"
+    usleep 100000
+done
+STATIC=
+GW=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vcl.ip=*) STATIC="${arg#vcl.ip=}" ;;
+        vcl.gw=*) GW="${arg#vcl.gw=}" ;;
+    esac
+done
+ip link set lo up
+ip link set eth0 up
+MAC=$(cat /sys/class/net/eth0/address)
+if [ -n "$STATIC" ]; then
+    ip addr add "$STATIC" dev eth0 || hang "bad vcl.ip=$STATIC"
+    [ -n "$GW" ] && { ip route add default via "$GW" || say "error: bad vcl.gw=$GW"; }
+    IP="${STATIC%/*}"
+else
+    # Wait for the carrier (virtio_net reports it a moment after probing): sent before, the first
+    # DISCOVER could be dropped and udhcpc would retry only 2 s later. Not operstate: the kernel's
+    # link watch updates that up to 1 s late although packets already flow.
+    i=0
+    while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ "$i" -lt 100 ]; do
+        i=$((i + 1))
+        usleep 50000
+    done
+    # Foreground (-f) in a background job: it keeps renewing; its script writes /run/vcl/ip.
+    udhcpc -f -i eth0 -s /etc/vcl/udhcpc.sh -t 4 -T 2 -A 2 >/dev/null 2>&1 &
+    while [ ! -s /run/vcl/ip ]; do usleep 100000; done
+    IP=$(cat /run/vcl/ip)
+fi
+echo "vcl-guest ready $IP $MAC" >/run/vcl/marker
+# One line per connection, as many connections as come (-ll); restarted should nc ever stop.
+(while :; do nc -ll -p 80 -e /etc/vcl/marker.sh; usleep 500000; done) </dev/null >/dev/null 2>&1 &
+say "lease $IP"
+while :; do wait; sleep 3600; done
+"""
+
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# udhcpc event script of the vcl test guest: apply address and router, record the address.
+case "$1" in
+    deconfig)
+        ip addr flush dev "$interface"
+        ip link set "$interface" up
+        ;;
+    bound|renew)
+        [ "$(cat /run/vcl/ip 2>/dev/null)" = "$ip" ] || ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface" 2>/dev/null
+        if [ -n "$router" ]; then
+            ip route del default 2>/dev/null
+            for r in $router; do ip route add default via "$r" dev "$interface" && break; done
+        fi
+        echo "$ip" >/run/vcl/ip.new && mv /run/vcl/ip.new /run/vcl/ip
+        ;;
+esac
+exit 0
+"""
+
+MARKER_SCRIPT = "#!/bin/sh\ncat /run/vcl/marker\n"
+
+
+S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
+
+
+class CpioWriter:
+    """A newc ("070701") cpio archive, as the kernel unpacks an initramfs. Deterministic: owner root,
+    mtime 0, inode numbers in order of addition. Parents must be added before their children."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._ino = 0
+        self._names: set[str] = set()
+        self._closed = False
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", *, nlink: int = 1, rdev: tuple[int, int] = (0, 0)):
+        if self._closed:
+            raise ValueError("archive already finished")
+        name = name.strip("/")
+        if not name or name in self._names:
+            raise ValueError(f"bad or duplicate cpio entry name: {name!r}")
+        parent = name.rpartition("/")[0]
+        if parent and parent not in self._names:
+            raise ValueError(f"cpio entry {name!r} added before its directory {parent!r}")
+        self._names.add(name)
+        self._ino += 1
+        self._chunks.append(self._header(self._ino, mode, len(data), nlink, rdev, name))
+        self._chunks.append(data + _pad4(len(data)))
+
+    @staticmethod
+    def _header(ino: int, mode: int, size: int, nlink: int, rdev: tuple[int, int], name: str) -> bytes:
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        header = b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+        return header + _pad4(len(header))
+
+    def add_dir(self, name: str, mode: int = 0o755) -> None:
+        self._entry(name, S_IFDIR | mode, nlink=2)
+
+    def add_dirs(self, name: str, mode: int = 0o755) -> None:
+        """Add ``name`` and any missing parents."""
+        parts = name.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            path = "/".join(parts[:i])
+            if path not in self._names:
+                self.add_dir(path, mode)
+
+    def add_file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, S_IFREG | mode, data)
+
+    def add_symlink(self, name: str, target: str) -> None:
+        self._entry(name, S_IFLNK | 0o777, target.encode())
+
+    def add_char_device(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._entry(name, S_IFCHR | mode, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        if not self._closed:
+            self._chunks.append(self._header(0, 0, 0, 1, (0, 0), "TRAILER!!!"))
+            self._closed = True
+        return b"".join(self._chunks)
+
+
+def _pad4(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def build_initramfs(busybox: bytes, kernel_release: str, modules: list[tuple[str, bytes]]) -> bytes:
+    """The guest's initramfs as an uncompressed newc cpio. ``modules``: (relative path, bytes) in load order."""
+    cpio = CpioWriter()
+    for d in ("bin", "dev", "etc", "etc/vcl", "proc", "sys", "run", "tmp", "root"):
+        cpio.add_dir(d, 0o1777 if d == "tmp" else 0o755)
+    # The kernel opens /dev/console for /init before /init can mount devtmpfs.
+    cpio.add_char_device("dev/console", 5, 1)
+    cpio.add_char_device("dev/null", 1, 3, 0o666)
+    cpio.add_file("bin/busybox", busybox, 0o755)
+    cpio.add_symlink("bin/sh", "busybox")
+    cpio.add_file("init", INIT_SCRIPT.encode(), 0o755)
+    cpio.add_file("etc/vcl/udhcpc.sh", UDHCPC_SCRIPT.encode(), 0o755)
+    cpio.add_file("etc/vcl/marker.sh", MARKER_SCRIPT.encode(), 0o755)
+    base = f"lib/modules/{kernel_release}"
+    listing = []
+    for rel, data in modules:
+        path = f"{base}/{rel}"
+        cpio.add_dirs(path.rpartition("/")[0])
+        cpio.add_file(path, data)
+        listing.append(f"{kernel_release}/{rel}")
+    cpio.add_file("etc/vcl/modules", "".join(f"{m}\n" for m in listing).encode())
+    return cpio.finish()
