@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import cli, service
+from . import service
 from .priority import parse_priority_inputs, platform_factor, priority
+from .tables import INST_COLUMNS, RES_COLUMNS, SLAVE_COLUMNS, request_text, reservation_text, table
 
 NOW = "2026-11-23 08:00"
 TOMORROW = "2026-11-24"
@@ -42,7 +43,7 @@ def run_demo(json_output: bool = False) -> int:
     if not json_output:
         print(f"VCL scheduler demonstration (database {url}, clock fixed at {NOW})")
         _say("The pool")
-        print(cli.table(service.list_slaves(url), cli.SLAVE_COLUMNS))
+        print(table(service.list_slaves(url), SLAVE_COLUMNS))
         _say("Para-scheduler priorities (SPEC §3 worked values, PfV=5)")
     worked = []
     for ram, minutes, ras, mon in ((600, 45, 1, 1), (200, 120, 0, 0)):
@@ -51,7 +52,7 @@ def run_demo(json_output: bool = False) -> int:
                        "pf": round(platform_factor(p), 3), "pi": round(priority(p), 3)})
     log["priorities"] = worked
     if not json_output:
-        print(cli.table(worked, ("ram_mb", "minutes", "ras", "mon", "pf", "pi")))
+        print(table(worked, ("ram_mb", "minutes", "ras", "mon", "pf", "pi")))
 
     base = {"owner": "cs-lab", "ram_mb": 2048, "platform_value": 5, "url": url}
     steps = [
@@ -68,11 +69,11 @@ def run_demo(json_output: bool = False) -> int:
         log["reservations"].append(result)
         if not json_output:
             _say(title)
-            print(cli._reservation_text(result))
+            print(reservation_text(result))
     if not json_output:
         _say("The calendar")
         data = service.list_reservations(url)
-        print(cli.table(data["reservations"], cli.RES_COLUMNS))
+        print(table(data["reservations"], RES_COLUMNS))
 
     os.environ["VCL_NOW"] = f"{TOMORROW} 08:00"
     log["best_effort"] = []
@@ -93,12 +94,12 @@ def run_demo(json_output: bool = False) -> int:
         if not json_output and title:
             _say(title)
         if not json_output:
-            print(cli._request_text(result))
+            print(request_text(result))
     if not json_output:
         _say("Instances")
-        print(cli.table(service.list_instances(url), cli.INST_COLUMNS))
+        print(table(service.list_instances(url), INST_COLUMNS))
         _say("Slaves after the claims")
-        print(cli.table(service.list_slaves(url), cli.SLAVE_COLUMNS))
+        print(table(service.list_slaves(url), SLAVE_COLUMNS))
     else:
         print(json.dumps(log, indent=2, sort_keys=True, default=str))
-    return cli.EXIT_OK
+    return 0  # the exit status of `vcl demo`

@@ -26,7 +26,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import config, db, placement, preempt, service
+from . import config, db, placement, preempt
+from .audit import audit
+from .claims import (
+    HOLDS_CAPACITY,
+    allocate_addresses,
+    claim_slave,
+    instance_row,
+    release_addresses,
+    release_slave,
+    set_suspended,
+    slave_states,
+)
 from .errors import CapacityError, ConflictError, NotFoundError, ValidationError
 from .models import (
     Group,
@@ -40,6 +51,7 @@ from .models import (
     SlaveStatus,
 )
 from .priority import service_order_key
+from .validate import check_name, iso, whole
 
 DOMAIN_PREFIX = "vcl-"
 _DOMAIN_RE = re.compile(r"^vcl-([0-9]{1,12})$")
@@ -56,11 +68,11 @@ def _names(field: str, values: Iterable[Any] | None) -> tuple[str, ...]:
         return ()
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
-    return tuple(service.check_name(field, v) for v in values)
+    return tuple(check_name(field, v) for v in values)
 
 
 def _launch_spec(inst: Instance, slave: Slave | None, image: Image | None, owner: str | None) -> dict[str, Any]:
-    row = service._instance_row(inst, slave.name if slave else None, owner)
+    row = instance_row(inst, slave.name if slave else None, owner)
     row.update(
         domain=domain_name(inst.id),
         dhcp_name=f"vm-{inst.id}",
@@ -86,7 +98,7 @@ def _load(session: Session, iid: int) -> tuple[Instance, Slave | None, Image | N
 
 def describe(instance_id: Any, url: str | None = None) -> dict[str, Any]:
     """Everything the playbooks need to act on an instance (slave, addresses, image files)."""
-    iid = service.whole("id", instance_id)
+    iid = whole("id", instance_id)
     db.require_schema(url)
     with db.read(url) as session:
         return _launch_spec(*_load(session, iid))
@@ -95,10 +107,10 @@ def describe(instance_id: Any, url: str | None = None) -> dict[str, Any]:
 def _give_back(session: Session, inst: Instance) -> None:
     """Return an instance's claim on its slave and its addresses (the state is the caller's to set)."""
     if inst.slave_id is not None:
-        holds = inst.state in service.HOLDS_CAPACITY
-        service.release_slave(session, inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0,
-                              inst.disk_gb)
-    service.release_addresses(session, inst.id)
+        holds = inst.state in HOLDS_CAPACITY
+        release_slave(session, inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0,
+                      inst.disk_gb)
+    release_addresses(session, inst.id)
     inst.slave_id = None
     inst.mac = inst.private_ip = inst.public_ip = None
     inst.console_port = None
@@ -109,7 +121,7 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
     all in one transaction. An instance that already holds a claim on a slave not in ``exclude`` keeps
     it (a best-effort request claims when it is accepted). Raises CapacityError, with the filter
     cascade's reason, when no slave fits."""
-    iid = service.whole("id", instance_id)
+    iid = whole("id", instance_id)
     excluded = set(_names("exclude", exclude))
     db.require_schema(url)
 
@@ -123,21 +135,21 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
             _give_back(session, inst)
         settings = db.load_settings(session)
         demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)
-        states = [s for s in service.slave_states(session) if s.name not in excluded]
+        states = [s for s in slave_states(session) if s.name not in excluded]
         chosen = placement.place(states, demand, settings.placement_policy)
         if chosen.slave is None:
             tried = f" (tried and excluded: {', '.join(sorted(excluded))})" if excluded else ""
             raise CapacityError(f"instance {iid}: {chosen.reason}{tried}")
-        service.claim_slave(session, chosen.slave, demand)
+        claim_slave(session, chosen.slave, demand)
         inst.slave_id = chosen.slave.id
         session.flush()
-        service.allocate_addresses(session, inst.id, settings.mac_prefix)
+        allocate_addresses(session, inst.id, settings.mac_prefix)
         session.refresh(inst)
         inst.updated_at = config.now()
         slave_row = session.get(Slave, chosen.slave.id)
         spec = _launch_spec(inst, slave_row, image, owner)
-        service.audit(session, "instance", inst.id, "claim", None,
-                      {k: spec[k] for k in ("slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip")})
+        audit(session, "instance", inst.id, "claim", None,
+              {k: spec[k] for k in ("slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip")})
         return {**spec, "placed": "claimed", "explain": chosen.explain()}
 
     return db.write(apply, url)
@@ -146,7 +158,7 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
 def unplace(instance_id: Any, reason: str = "", url: str | None = None) -> dict[str, Any]:
     """Undo a launch's claim (a step on the hosts failed): the slave's cores, RAM and disk and the
     addresses go back; the instance is pending again, with no slave, ready for the next candidate."""
-    iid = service.whole("id", instance_id)
+    iid = whole("id", instance_id)
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
@@ -157,7 +169,7 @@ def unplace(instance_id: Any, reason: str = "", url: str | None = None) -> dict[
                   "public_ip": inst.public_ip, "mac": inst.mac}
         _give_back(session, inst)
         inst.updated_at = config.now()
-        service.audit(session, "instance", inst.id, "unclaim", before, {"reason": reason[:500]})
+        audit(session, "instance", inst.id, "unclaim", before, {"reason": reason[:500]})
         return _launch_spec(inst, None, image, owner)
 
     return db.write(apply, url)
@@ -165,8 +177,8 @@ def unplace(instance_id: Any, reason: str = "", url: str | None = None) -> dict[
 
 def mark_running(instance_id: Any, console_port: Any = None, url: str | None = None) -> dict[str, Any]:
     """The domain runs on its slave with its DHCP entry and DNAT in place: record it."""
-    iid = service.whole("id", instance_id)
-    port = service.whole("console_port", console_port, 1, 65535) if console_port not in (None, "", -1) else None
+    iid = whole("id", instance_id)
+    port = whole("console_port", console_port, 1, 65535) if console_port not in (None, "", -1) else None
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
@@ -180,8 +192,8 @@ def mark_running(instance_id: Any, console_port: Any = None, url: str | None = N
         inst.console_port = port
         inst.started_at = inst.started_at or now
         inst.updated_at = now
-        service.audit(session, "instance", inst.id, "running", {"state": "pending"},
-                      {"state": "running", "slave": slave.name, "console_port": port})
+        audit(session, "instance", inst.id, "running", {"state": "pending"},
+              {"state": "running", "slave": slave.name, "console_port": port})
         return {**_launch_spec(inst, slave, image, owner), "changed": True}
 
     return db.write(apply, url)
@@ -189,7 +201,7 @@ def mark_running(instance_id: Any, console_port: Any = None, url: str | None = N
 
 def mark_failed(instance_id: Any, reason: str, url: str | None = None) -> dict[str, Any]:
     """No slave could take the instance: it ends as failed, with the reason in the audit log."""
-    iid = service.whole("id", instance_id)
+    iid = whole("id", instance_id)
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
@@ -201,7 +213,7 @@ def mark_failed(instance_id: Any, reason: str, url: str | None = None) -> dict[s
         inst.state = InstanceState.FAILED
         inst.updated_at = config.now()
         _end_reservation(session, inst)
-        service.audit(session, "instance", inst.id, "failed", {"state": before}, {"reason": reason[:500]})
+        audit(session, "instance", inst.id, "failed", {"state": before}, {"reason": reason[:500]})
         return {**_launch_spec(inst, None, image, owner), "changed": True}
 
     return db.write(apply, url)
@@ -217,7 +229,7 @@ def _end_reservation(session: Session, inst: Instance) -> None:
 def stop(instance_id: Any, state: str = "stopped", url: str | None = None) -> dict[str, Any]:
     """The domain is gone from its slave and the master forgets the VM: release everything.
     Stopping an instance that already ended is not an error (a stop run may be repeated)."""
-    iid = service.whole("id", instance_id)
+    iid = whole("id", instance_id)
     final = InstanceState(state)
     db.require_schema(url)
 
@@ -230,7 +242,7 @@ def stop(instance_id: Any, state: str = "stopped", url: str | None = None) -> di
         inst.state = final
         inst.updated_at = config.now()
         _end_reservation(session, inst)
-        service.audit(session, "instance", inst.id, "release", {"state": before}, {"state": str(final)})
+        audit(session, "instance", inst.id, "release", {"state": before}, {"state": str(final)})
         return {**_launch_spec(inst, None, image, owner), "changed": True}
 
     return db.write(apply, url)
@@ -258,7 +270,7 @@ def start_due_reservations(now: datetime | None = None, url: str | None = None) 
             if res.end <= at:
                 res.state = ReservationState.DONE
                 res.reason = (res.reason + "; " if res.reason else "") + "its window passed before a dispatch ran"
-                service.audit(session, "reservation", res.id, "expired", {"state": "accepted"}, {"state": "done"})
+                audit(session, "reservation", res.id, "expired", {"state": "accepted"}, {"state": "done"})
                 continue
             image = session.get(Image, res.image_id) if res.image_id is not None else None
             inst = Instance(image_id=res.image_id, slave_id=None, reservation_id=res.id, group_id=res.group_id,
@@ -269,10 +281,10 @@ def start_due_reservations(now: datetime | None = None, url: str | None = None) 
             session.add(inst)
             session.flush()
             res.state = ReservationState.ACTIVE
-            service.audit(session, "reservation", res.id, "active", {"state": "accepted"},
-                          {"state": "active", "instance": inst.id})
-            service.audit(session, "instance", inst.id, "queued", None, {"reservation": res.id, "kind": "AR"})
-            started.append({"reservation": res.id, "id": inst.id, "cores": res.cores, "ends_at": service.iso(res.end)})
+            audit(session, "reservation", res.id, "active", {"state": "accepted"},
+                  {"state": "active", "instance": inst.id})
+            audit(session, "instance", inst.id, "queued", None, {"reservation": res.id, "kind": "AR"})
+            started.append({"reservation": res.id, "id": inst.id, "cores": res.cores, "ends_at": iso(res.end)})
         return started
 
     return db.write(apply, url)
@@ -294,11 +306,11 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
     at = now or config.now()
     with db.read(url) as session:
         settings = db.load_settings(session)
-        states = {s.id: s for s in service.slave_states(session)}
+        states = {s.id: s for s in slave_states(session)}
         rows = session.scalars(select(Instance).where(
             Instance.state.in_((InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDED)))
             .order_by(Instance.id)).all()
-        plan: dict[str, Any] = {"at": service.iso(at), "stop": [], "suspend": [], "launch": [], "resume": [],
+        plan: dict[str, Any] = {"at": iso(at), "stop": [], "suspend": [], "launch": [], "resume": [],
                                 "wait": [], "notes": []}
 
         def freed(slave_id: int | None, cores: int, ram: int, disk: int) -> None:
@@ -313,14 +325,14 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
         for inst in rows:
             if inst.state != InstanceState.PENDING and inst.ends_at is not None and inst.ends_at <= at:
                 plan["stop"].append(inst.id)
-                holds = inst.state in service.HOLDS_CAPACITY
+                holds = inst.state in HOLDS_CAPACITY
                 freed(inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0, inst.disk_gb)
             else:
                 alive.append(inst)
 
         running = [preempt.RunningVM(i.id, i.slave_id, i.cores, i.ram_mb, i.priority, i.register_as_slave,
                                      seq=i.id, kind=str(i.kind))
-                   for i in alive if i.state in service.HOLDS_CAPACITY and i.slave_id is not None]
+                   for i in alive if i.state in HOLDS_CAPACITY and i.slave_id is not None]
         # Pending instances that hold a claim (accepted best-effort requests) are launched as they are.
         waiting = sorted((i for i in alive if i.state == InstanceState.PENDING),
                          key=lambda i: _order(i.priority, i.register_as_slave, i.id))
@@ -374,7 +386,7 @@ def suspended(instance_id: Any, is_suspended: bool, url: str | None = None) -> d
     before = describe(instance_id, url)
     if before["state"] == ("suspended" if is_suspended else "running"):
         return {**before, "changed": False}
-    service.set_suspended(before["id"], is_suspended, url)
+    set_suspended(before["id"], is_suspended, url)
     return {**describe(before["id"], url), "changed": True}
 
 
@@ -390,7 +402,7 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
     database does not know are reported as orphans (left alone: an admin decides)."""
     reports: dict[str, dict[str, Any]] = {}
     for name, report in observed.items():
-        name = service.check_name("slave", name)
+        name = check_name("slave", name)
         if not isinstance(report, Mapping):
             raise ValidationError(f"observed.{name}", "expected a mapping with reachable and domains")
         domains = report.get("domains") or {}
@@ -399,9 +411,9 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
         facts = report.get("facts") or {}
         checked = {}
         if facts:
-            checked = {"cores": service.whole(f"observed.{name}.facts.cores", facts.get("cores")),
-                       "ram_mb": service.whole(f"observed.{name}.facts.ram_mb", facts.get("ram_mb")),
-                       "disk_gb": service.whole(f"observed.{name}.facts.disk_gb", facts.get("disk_gb"), 0)}
+            checked = {"cores": whole(f"observed.{name}.facts.cores", facts.get("cores")),
+                       "ram_mb": whole(f"observed.{name}.facts.ram_mb", facts.get("ram_mb")),
+                       "disk_gb": whole(f"observed.{name}.facts.disk_gb", facts.get("disk_gb"), 0)}
         reports[name] = {"reachable": bool(report.get("reachable")), "domains": {str(k): str(v) for k, v in
                                                                                   domains.items()},
                          "facts": checked}
@@ -415,7 +427,7 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
             wanted, was = ((SlaveStatus.DOWN, SlaveStatus.UP) if not report["reachable"]
                            else (SlaveStatus.UP, SlaveStatus.DOWN))
             if slave.status == was:  # a draining slave stays draining either way
-                service.audit(session, "slave", slave.id, str(wanted), {"status": str(was)}, {"status": str(wanted)})
+                audit(session, "slave", slave.id, str(wanted), {"status": str(was)}, {"status": str(wanted)})
                 slave.status = wanted
                 slave.generation += 1
                 slave.updated_at = now
@@ -438,8 +450,8 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
                 inst.state = InstanceState.LOST
                 inst.updated_at = now
                 _end_reservation(session, inst)
-                service.audit(session, "instance", inst.id, "lost", {"state": before, "slave": slave.name},
-                              {"state": "lost", "reason": f"domain {name} is not on {slave.name}"})
+                audit(session, "instance", inst.id, "lost", {"state": before, "slave": slave.name},
+                      {"state": "lost", "reason": f"domain {name} is not on {slave.name}"})
                 result["lost"].append(inst.id)
             pending = {domain_name(i) for i in session.scalars(select(Instance.id).where(
                 Instance.slave_id == slave.id, Instance.state == InstanceState.PENDING))}
@@ -456,9 +468,9 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
                     slave.cores_total, slave.ram_mb_total, slave.disk_gb_total = wanted
                     slave.generation += 1
                     slave.updated_at = now
-                    service.audit(session, "slave", slave.id, "capacity",
-                                  dict(zip(("cores", "ram_mb", "disk_gb"), current, strict=True)),
-                                  dict(zip(("cores", "ram_mb", "disk_gb"), wanted, strict=True)))
+                    audit(session, "slave", slave.id, "capacity",
+                          dict(zip(("cores", "ram_mb", "disk_gb"), current, strict=True)),
+                          dict(zip(("cores", "ram_mb", "disk_gb"), wanted, strict=True)))
                     result["capacity"].append(slave.name)
         return result
 
@@ -466,4 +478,4 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
 
 
 def instance_ids(values: Sequence[Any] | None, field: str = "ids") -> list[int]:
-    return [service.whole(field, v) for v in values or ()]
+    return [whole(field, v) for v in values or ()]

@@ -103,7 +103,8 @@ class Membership(Base):
 class Slave(Base):
     __tablename__ = "slaves"
     # Migration 0002: indexes in each placement policy's order, so choosing a slave walks an index
-    # and stops at the first that fits (the expressions must match service.SQL_ORDER exactly).
+    # and stops at the first that fits (the expressions must match the ORDER BY that claims.order_by
+    # derives from placement.POLICIES exactly; tests/db/test_placement_sql.py checks SQLite's plan).
     __table_args__ = (
         CheckConstraint("cores_used >= 0 AND cores_used <= cores_total", name="cores"),
         CheckConstraint("ram_mb_used >= 0 AND ram_mb_used <= ram_mb_total", name="ram"),

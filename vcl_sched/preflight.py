@@ -13,7 +13,7 @@ from typing import Any
 
 from vcl_sched import config
 from vcl_sched.errors import ValidationError
-from vcl_sched.service import NAME_RE
+from vcl_sched.validate import NAME_RE
 
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 

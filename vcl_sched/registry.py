@@ -13,9 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vcl_sched import config, db
+from vcl_sched.audit import audit
+from vcl_sched.catalogue import slave_row
 from vcl_sched.errors import ConflictError, NotFoundError, ValidationError
 from vcl_sched.models import Instance, InstanceState, Slave, SlaveStatus
-from vcl_sched.service import _slave_row, audit, check_name, slave_input
+from vcl_sched.validate import check_name, slave_input
 
 #: Instances in these states live on their slave (a suspended VM keeps its disk and saved memory there).
 ON_SLAVE = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDED)
@@ -40,10 +42,10 @@ def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: An
                           updated_at=now, cores_used=0, ram_mb_used=0, disk_gb_used=0, **capacity)  # fmt: skip
             session.add(slave)
             session.flush()
-            row = _slave_row(slave)
+            row = slave_row(slave)
             audit(session, "slave", slave.id, "register", None, row)
             return {"changed": True, "action": "create", "slave": row, "before": None}
-        before = _slave_row(slave)
+        before = slave_row(slave)
         for field, used in (
             ("cores", slave.cores_used),
             ("ram_mb", slave.ram_mb_used),
@@ -62,7 +64,7 @@ def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: An
         slave.generation += 1  # capacity or status changed: claims decided on the old row must retry
         slave.updated_at = now
         session.flush()
-        row = _slave_row(slave)
+        row = slave_row(slave)
         audit(session, "slave", slave.id, "update", before, row)
         return {"changed": True, "action": "update", "slave": row, "before": before}
 
@@ -81,12 +83,12 @@ def drain_absent(inventory: Iterable[Any], url: str | None = None) -> dict:
         for slave in session.scalars(query):
             if slave.name in keep:
                 continue
-            before = _slave_row(slave)
+            before = slave_row(slave)
             slave.status = SlaveStatus.DRAINING
             slave.generation += 1
             slave.updated_at = config.now()
             session.flush()
-            audit(session, "slave", slave.id, "drain", before, _slave_row(slave))
+            audit(session, "slave", slave.id, "drain", before, slave_row(slave))
             drained.append(slave.name)
         return {"changed": bool(drained), "drained": drained}
 
@@ -109,7 +111,7 @@ def remove_slave(name: Any, url: str | None = None) -> dict:
         )
         if hosted:
             raise ConflictError(f"name: slave {name} hosts {hosted} VM(s); it stays (draining) until they end")
-        before = _slave_row(slave)
+        before = slave_row(slave)
         # Ended instances keep their history; they no longer point at the slave.
         for inst in session.scalars(select(Instance).where(Instance.slave_id == slave.id)):
             inst.slave_id = None

@@ -10,10 +10,13 @@ from vcl_sched.errors import ValidationError
 from vcl_sched.placement import (
     Demand,
     PlacementIndex,
+    Policy,
     SlaveState,
+    Weigher,
     first_fit,
     get_policy,
     place,
+    rank,
     weigh,
 )
 
@@ -153,3 +156,55 @@ def test_random_tie_break_only_picks_among_the_equally_good():
     picks = {index.place(Demand(2, 512), rng).slave.id for _ in range(200)}
     assert picks == {2, 3}  # s5 has too few cores, s4 no RAM, s1 is more loaded
     assert index.place(Demand(2, 512)).slave.id == 2  # without rng: the lowest id
+
+
+# --- one declaration per policy --------------------------------------------------------------------
+
+ROOMY = Policy("roomy", (Weigher("free_ram_mb", 1.0),), "most free RAM (a descending order)")
+FRESH = Policy("fresh", (Weigher("used_cores", -1.0),), "fewest used cores, then fewest changes",
+               tie_break=("generation", "id"))
+
+
+def test_the_declared_policies_derive_the_orders_that_were_written_by_hand():
+    s, demand = fake(7, cores=16, used=5), Demand(3, 512)
+    spread, pack = get_policy("spread"), get_policy("pack")
+    assert spread.sort_key(s) == (5, 7) and spread.start_key(demand) is None
+    assert pack.sort_key(s) == (11, 7) and pack.start_key(demand) == (3,)  # walk from 3 free cores up
+    assert ROOMY.sort_key(s) == (-16384, 7) and ROOMY.start_key(demand) is None  # descending: no start
+    assert FRESH.sort_key(s) == (5, 0, 7)
+    assert [a.name for a, _ in pack.order] == ["free_cores"] and pack.order[0][1] is False
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("x", (Weigher("speed", -1.0),), "?"), "no attribute 'speed'"),
+    (("x", (Weigher("used_cores", 0.0),), "?"), "multiplier of used_cores is 0"),
+    (("x", (), "?"), "at least one weigher"),
+    (("x", (Weigher("used_cores", -1.0),), "?", ("generation",)), "ending with 'id'"),
+    (("x", (Weigher("used_cores", -1.0),), "?", ("name", "id")), "whole-number fields"),
+])
+def test_a_bad_declaration_is_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        Policy(*args)
+
+
+def test_a_blend_of_weighers_is_placed_by_the_pipeline_only():
+    blend = Policy("blend", (("used_cores", -1.0), ("free_ram_mb", 1.0)), "a blend")
+    slaves = [fake(1, used=4, ram_used=0), fake(2, used=0, ram_used=16000), fake(3, used=2, ram_used=8192)]
+    # weights: s1 -1 + 1 = 0; s2 0 + 0 = 0; s3 -0.5 + 0.49 < 0. s1 and s2 tie: the lowest id first
+    assert place(slaves, Demand(1, 128), blend).slave.id == 1
+    assert [s.id for s in rank(slaves, Demand(1, 128), blend)] == [1, 2, 3]
+    with pytest.raises(ValidationError, match="no indexed form"):
+        PlacementIndex(slaves, blend)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(slave_st, max_size=30), demand_st, st.sampled_from([get_policy("spread"), get_policy("pack"), ROOMY,
+                                                                    FRESH]))
+def test_the_ranking_and_the_index_order_agree(raw_slaves, demand, policy):
+    slaves = [SlaveState(i + 1, f"s{i + 1}", *tuple(vars_of(s))[2:-1], generation=i % 3)
+              for i, s in enumerate(raw_slaves)]
+    ranked = rank(slaves, demand, policy)
+    assert ranked == sorted(ranked, key=policy.sort_key)  # nova's normalised weights order as the key does
+    first = place(slaves, demand, policy).slave
+    assert first == (ranked[0] if ranked else None)
+    assert PlacementIndex(slaves, policy).place(demand).slave == first

@@ -1,0 +1,241 @@
+"""Bookings: advance reservations (AR) and best-effort requests (BE), SPEC §3 and §4.
+
+The decisions are the pure functions of ``priority``, ``calendar`` (admission, moves, the look-ahead),
+``placement`` and ``preempt``; this module feeds them from the database and records their outcome.
+A reservation is admitted in one write transaction that holds the calendar lock (moves of lower-priority
+bookings and the refusal with its reason included). A best-effort request is decided on a read snapshot
+and claimed in a short write (``claims.commit_claim``) whose compare-and-swap sends it back to decide
+again when the chosen slave changed meanwhile.
+
+Every function validates all of its input before it opens a write transaction, so bad input changes
+nothing. Results are plain dicts (the CLI prints them as tables or JSON).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from . import calendar, config, db, placement, preempt
+from .audit import audit
+from .catalogue import get_settings, group_ref, image_ref, user_ref
+from .claims import HOLDS_CAPACITY, ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
+from .errors import CapacityError
+from .models import Group, Instance, Reservation, ReservationState
+from .priority import parse_priority_inputs, priority
+from .validate import check_name, iso, positive, whole
+
+ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
+
+
+# --- what both kinds of booking read --------------------------------------------------------------
+
+def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minutes: Any, member: Any,
+                 coefficient: float) -> tuple[float, Any]:
+    inputs = parse_priority_inputs(platform_value, register_as_slave, ram_mb, minutes, member)
+    return priority(inputs, coefficient), inputs
+
+
+_BOOKINGS_BETWEEN = db.Prepared(
+    select(Reservation.id, Reservation.cores, Reservation.start, Reservation.end, Reservation.priority,
+           Reservation.register_as_slave, Reservation.state)
+    .where(Reservation.state.in_([bindparam(f"booked_{s}", s, Reservation.state.type) for s in ACTIVE_BOOKINGS]),
+           Reservation.end > bindparam("start"), Reservation.start < bindparam("end")))
+
+
+def bookings_between(q: Session | db.Direct, start: datetime, end: datetime, now: datetime) -> list[calendar.Booking]:
+    rows = _BOOKINGS_BETWEEN.all(q, {"start": start, "end": end})
+    return [calendar.Booking(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0],
+                             fixed=r[6] == ReservationState.ACTIVE or r[2] <= now) for r in rows]
+
+
+def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.Booking]:
+    """Bookings that touch the calendar day of ``day`` (admission never moves one across days)."""
+    day_start = datetime.combine(day.date(), datetime.min.time())
+    return bookings_between(session, day_start, day_start + timedelta(days=1), now)
+
+
+# --- advance reservations (AR) -----------------------------------------------------------------------
+
+def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {"id": r.id, "owner": owner, "cores": r.cores, "ram_mb": r.ram_mb, "priority": round(r.priority, 6),
+            "state": str(r.state), "requested_start": iso(r.requested_start), "start": iso(r.start),
+            "end": iso(r.end), "hours": r.hours, "rescheduled": r.rescheduled, "reason": r.reason,
+            "moved": list(moves)}
+
+
+def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, platform_value: Any,
+            register_as_slave: Any, member: Any, image: str | None = None, user: str | None = None,
+            dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
+    """An advance reservation (SPEC §4): accepted (maybe moved later, maybe moving lower-priority
+    bookings later) or refused with the reason. Invalid input raises ValidationError."""
+    owner = check_name("owner", owner)
+    cores_n = whole("cores", cores)
+    ram_n = whole("ram_mb", ram_mb)
+    start_dt = start if isinstance(start, datetime) else config.parse_datetime(str(start), "start")
+    hours_f = positive("hours", hours)
+    user_name = check_name("user", user) if user is not None else None
+    settings = get_settings(url)
+    now = config.now()
+    pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_f * 60, member,
+                              settings.priority_coefficient)
+    calendar.check_request_policy(start_dt, hours_f, now, settings.booking)
+    end_dt = start_dt + timedelta(hours=hours_f)
+
+    def apply(session: Session) -> dict[str, Any]:
+        db.lock(session, "calendar")
+        group_id = group_ref(session, owner)
+        img = image_ref(session, image)
+        user_id = user_ref(session, user_name, group_id)[0] if user_name is not None else None
+        existing = _bookings(session, start_dt, now)
+        res = Reservation(group_id=group_id, user_id=user_id, image_id=img[0] if img else None,
+                          cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
+                          hours=hours_f, platform_value=inputs.platform_value,
+                          register_as_slave=inputs.register_as_slave, member=inputs.member, priority=pi,
+                          rescheduled=0, state=ReservationState.REFUSED, reason="", created_at=now)
+        session.add(res)
+        session.flush()  # the id is the booking's first-come-first-served sequence number
+        new = calendar.Booking(res.id, cores_n, start_dt, end_dt, pi, inputs.register_as_slave, seq=res.id)
+        capacity = up_cores(session)
+        if capacity == 0:
+            admission = calendar.Admission(False, None, None, (), "the pool has no slave up")
+        else:
+            admission = calendar.admit(new, existing, capacity, now, settings.booking)
+        step = settings.booking.move_step
+        if admission.accepted:
+            res.state = ReservationState.ACCEPTED
+            res.start, res.end = admission.start, admission.end
+            assert admission.start is not None
+            res.rescheduled = round((admission.start - start_dt) / step)
+        res.reason = admission.reason
+        moves = []
+        for move in admission.moves:
+            other = session.get(Reservation, move.id)
+            assert other is not None
+            before = {"start": iso(other.start), "end": iso(other.end)}
+            other.rescheduled += round((move.new_start - move.old_start) / step)
+            other.start, other.end, other.reason = move.new_start, move.new_end, move.reason
+            moves.append({"id": other.id, "from": before["start"], "to": iso(move.new_start), "reason": move.reason})
+            after = {"start": iso(other.start), "end": iso(other.end)}
+            audit(session, "reservation", other.id, "moved", before, after, now)
+        row = _reservation_row(res, owner, moves)
+        row["dry_run"] = dry_run
+        audit(session, "reservation", res.id, str(res.state), None, row, now)
+        if dry_run:
+            raise db.DryRun({**row, "id": None})
+        return row
+
+    return db.write(apply, url)
+
+
+def list_reservations(url: str | None = None, include_all: bool = False) -> dict[str, Any]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        query = select(Reservation, Group.name).join(Group, Group.id == Reservation.group_id)
+        if not include_all:
+            query = query.where(Reservation.state.in_(ACTIVE_BOOKINGS))
+        rows = [_reservation_row(r, g) for r, g in session.execute(query.order_by(Reservation.start, Reservation.id))]
+        return {"cores": up_cores(session), "reservations": rows}
+
+
+# --- best-effort requests (BE) -----------------------------------------------------------------------
+
+_RUNNING_BE = db.Prepared(
+    select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
+           Instance.register_as_slave, Instance.kind)
+    .where(Instance.state.in_([bindparam(f"hold_{s}", s, Instance.state.type) for s in HOLDS_CAPACITY]),
+           Instance.slave_id.is_not(None)))
+
+
+def running_be(q: Session | db.Direct) -> list[preempt.RunningVM]:
+    return [preempt.RunningVM(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0], kind=str(r[6])) for r in _RUNNING_BE.all(q)]
+
+
+def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: Any, register_as_slave: Any,
+            member: Any, disk_gb: Any = None, image: str | None = None, user: str | None = None,
+            dry_run: bool = False, explain: bool = True, url: str | None = None) -> dict[str, Any]:
+    """A best-effort VM now (SPEC §3, §4): placed and claimed (cores, RAM, disk, MAC, address pair,
+    in one transaction), or the preemption plan (which lower-priority BE VMs to suspend), or wait.
+
+    The decision is taken on a read snapshot, without holding the write lock; the claim is a short
+    write transaction whose compare-and-swap on the slave's generation fails if anything changed
+    the chosen slave since, and then the request is decided again on fresh state (Placement's
+    optimistic claims). The hours granted are capped by the look-ahead: a BE VM may run only until
+    its cores are needed by a reservation (at most ``booking.lookahead_max_hours``)."""
+    owner = check_name("owner", owner)
+    cores_n = whole("cores", cores)
+    ram_n = whole("ram_mb", ram_mb)
+    disk_n = whole("disk_gb", disk_gb, 0) if disk_gb is not None else None
+    user_name = check_name("user", user) if user is not None else None
+    db.require_schema(url)
+    rng = random.Random()  # noqa: S311 - spreads tie-breaks after a lost race; not a secret
+    for attempt in range(50):
+        with db.read_direct(url) as q:
+            plan = _decide_best_effort(q, owner, cores_n, ram_n, disk_n, hours, platform_value,
+                                       register_as_slave, member, image, user_name, dry_run,
+                                       tie_break="random" if attempt else "lowest-id", rng=rng, explain=explain)
+        if dry_run:
+            return plan.answer
+        try:
+            return commit_claim(plan, url)
+        except StaleClaim:
+            continue
+    raise CapacityError("the slaves kept changing under this request: gave up after 50 attempts")
+
+
+def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk_n: int | None, hours: Any,
+                        platform_value: Any, register_as_slave: Any, member: Any, image: str | None,
+                        user_name: str | None, dry_run: bool, tie_break: str, rng: random.Random,
+                        explain: bool = True) -> ClaimPlan:
+    settings = db.load_settings(q)
+    hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
+    now = config.now()
+    pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_n * 60, member,
+                              settings.priority_coefficient)
+    group_id = group_ref(q, owner)
+    img = image_ref(q, image)
+    disk = disk_n if disk_n is not None else (img[1] if img else 0)
+    demand = placement.Demand(cores_n, ram_n, disk)
+    answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
+                              "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
+                              "register_as_slave": inputs.register_as_slave, "id": None}
+    plan = ClaimPlan(answer, group_id, img[0] if img else None, user_name, demand, pi, settings.decline_limit,
+                       settings.mac_prefix)
+    # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores now,
+    # but placement and preemption deal with them, and a starting reservation suspends BE VMs.
+    horizon = now + timedelta(hours=settings.booking.lookahead_max_hours)
+    bookings = bookings_between(q, now, horizon, now)
+    chosen = None
+    if not bookings:
+        # With no booking ahead the look-ahead only asks whether the pool has `cores` at all, and a
+        # slave that fits answers it: every capacity >= cores gives the same hours. Choosing first
+        # spares the common request a scan of every slave (_capacity).
+        chosen = choose_slave(q, demand, settings.placement_policy, tie_break, rng, explain)
+    capacity = chosen.slave.cores_total if chosen and chosen.slave else up_cores(q)
+    granted = calendar.best_effort_hours(cores_n, now, bookings, capacity, [], settings.booking)
+    hours_granted = min(hours_n, granted)
+    answer["hours_granted"] = hours_granted
+    if hours_granted == 0:
+        answer.update(state="waiting", decision="wait",
+                      reason=f"{cores_n} cores are not free of reservations for even 1 hour from {iso(now)}")
+        return plan
+    if chosen is None:
+        chosen = choose_slave(q, demand, settings.placement_policy, tie_break, rng, explain)
+    answer["explain"] = chosen.explain()
+    if chosen.slave is None:
+        pre = preempt.plan(slave_states(q), demand, pi, running_be(q), settings.placement_policy)
+        answer.update(state="waiting", decision="suspend" if pre.action == "suspend" else "wait", reason=pre.reason,
+                      slave=pre.slave.name if pre.slave else None, suspend=[v.id for v in pre.victims])
+        return plan
+    plan.slave = chosen.slave
+    plan.ends = now + timedelta(hours=hours_granted)
+    answer.update(state="pending", decision="place", slave=chosen.slave.name, ends_at=iso(plan.ends),
+                  reason="" if hours_granted == hours_n else
+                  f"granted {hours_granted} of {hours_n} hours: the cores are reserved after that")
+    return plan
+

@@ -1,0 +1,290 @@
+"""The catalogue: the lab's settings and address pools, groups, users, images and slaves (read and write).
+
+Every write validates its input first (``validate``), then runs in one transaction (``db.write``) with its
+audit row; a duplicate name is a ``ConflictError`` naming the field. The lookups ``group_ref``,
+``image_ref`` and ``user_ref`` run inside other writers' transactions (bookings, claims), on a
+``Session`` or a ``db.Direct`` cursor alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.orm import Session
+
+from . import config, db
+from .audit import audit
+from .errors import ConflictError, NotFoundError, ValidationError
+from .models import AddressPair, Group, Image, Membership, Slave, User
+from .validate import check_name, iso, slave_input, slave_status, whole
+
+# --- rows created with their audit row; lookups inside other writers' transactions (bookings, claims) ---
+
+def _create(session: Session, obj: Any, kind: str, to_row: Any) -> dict[str, Any]:
+    """Insert ``obj``, audit its creation, and return its row as the command prints it."""
+    session.add(obj)
+    session.flush()
+    row = to_row(obj)
+    audit(session, kind, obj.id, "create", None, row)
+    return row
+
+
+_GROUP_ID = db.Prepared(select(Group.id).where(Group.name == bindparam("name")))
+_IMAGE_REF = db.Prepared(select(Image.id, Image.default_disk_gb).where(Image.name == bindparam("name")))
+
+
+def group_ref(q: Session | db.Direct, name: str, field: str = "owner") -> int:
+    group_id = _GROUP_ID.scalar(q, {"name": name})
+    if group_id is None:
+        raise ValidationError(field, f"no group named {name!r} (add it with `vcl group add {name}`)")
+    return group_id
+
+
+_USER = db.Prepared(select(User.id, User.declines).where(User.name == bindparam("name")))
+_NEW_USER = db.Prepared(insert(User).returning(User.id), ("name", "declines", "registered_slave", "created_at"))
+_MEMBER = db.Prepared(select(Membership.user_id).where(Membership.user_id == bindparam("uid"),
+                                                       Membership.group_id == bindparam("gid")))
+_NEW_MEMBER = db.Prepared(insert(Membership), ("user_id", "group_id"))
+
+
+def user_ref(q: Session | db.Direct, name: str, group_id: int | None = None) -> tuple[int, int]:
+    """The user's id and decline count; a user seen for the first time is created (and audited),
+    and joins ``group_id``."""
+    row = _USER.first(q, {"name": name})
+    if row is not None:
+        user_id, declines = row
+    else:
+        user_id, declines = _NEW_USER.scalar(q, {"name": name, "declines": 0, "registered_slave": 0,
+                                                 "created_at": config.now()}), 0
+        audit(q, "user", user_id, "create", None, {"name": name})
+    if group_id is not None and _MEMBER.first(q, {"uid": user_id, "gid": group_id}) is None:
+        _NEW_MEMBER.run(q, {"user_id": user_id, "group_id": group_id})
+    return user_id, declines
+
+
+def image_ref(q: Session | db.Direct, name: str | None) -> tuple[int, int] | None:
+    """The image's id and default disk size, or None without an image."""
+    if name is None:
+        return None
+    row = _IMAGE_REF.first(q, {"name": name})
+    if row is None:
+        raise ValidationError("image", f"no image named {name!r} (add it with `vcl image add`)")
+    return row[0], row[1]
+
+
+# --- database and settings ------------------------------------------------------------------------
+
+def init(url: str | None = None) -> dict[str, Any]:
+    db.upgrade(url)
+
+    def seed(session: Session) -> config.Settings:
+        settings = db.load_settings(session)
+        db.save_settings(session, settings)  # write defaults for keys never set
+        return settings
+
+    settings = db.write(seed, url)
+    return {"url": config.safe_url(url or config.db_url()), "schema": db.current_revision(url),
+            "settings": settings.to_json()}
+
+
+def get_settings(url: str | None = None) -> config.Settings:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return db.load_settings(session)
+
+
+def configure(updates: dict[str, str], url: str | None = None) -> dict[str, Any]:
+    """Change settings (``booking.max_hours=4``, ``private_pool=10.0.1.16-10.0.1.254`` ...).
+
+    Changing the pools rewrites the free (public, private) pairs; pairs held by instances stay,
+    and a change that would drop a held pair is refused."""
+    db.require_schema(url)
+    for key in updates:
+        if key not in config.SETTING_KEYS:
+            raise ValidationError(key, f"unknown setting (known: {', '.join(sorted(config.SETTING_KEYS))})")
+
+    def apply(session: Session) -> dict[str, Any]:
+        db.lock(session, "addresses")
+        current = db.load_settings(session)
+        data = current.to_json()
+        for key, value in updates.items():
+            if key.startswith("booking."):
+                data["booking"][key.split(".", 1)[1]] = value
+            else:
+                data[key] = value
+        new = config.settings_from_json(data)
+        if (new.private_pool, new.public_pool) != (current.private_pool, current.public_pool):
+            _rewrite_pairs(session, new)
+        db.save_settings(session, new)
+        audit(session, "settings", 0, "update", current.to_json(), new.to_json())
+        return new.to_json()
+
+    return db.write(apply, url)
+
+
+def _rewrite_pairs(session: Session, settings: config.Settings) -> None:
+    private = config.parse_pool(settings.private_pool, "private_pool") if settings.private_pool else []
+    public = config.parse_pool(settings.public_pool, "public_pool") if settings.public_pool else []
+    wanted = list(zip(private, public, strict=False))  # pairs in order; the shorter pool sets the count
+    wanted_set = set(wanted)
+    held = session.execute(select(AddressPair.private_ip, AddressPair.public_ip, AddressPair.instance_id)
+                           .where(AddressPair.instance_id.is_not(None))).all()
+    for priv, pub, inst in held:
+        if (priv, pub) not in wanted_set:
+            raise ConflictError(f"private_pool/public_pool: the pair {pub} → {priv} is held by instance {inst};"
+                                " stop it before removing its addresses from the pools")
+    session.execute(AddressPair.__table__.delete().where(AddressPair.instance_id.is_(None)))
+    held_set = {(p, q) for p, q, _ in held}
+    rows = [{"private_ip": p, "public_ip": q} for p, q in wanted if (p, q) not in held_set]
+    if rows:
+        session.execute(insert(AddressPair), rows)
+
+
+# --- groups, users, images ----------------------------------------------------------------------
+
+def add_group(name: str, description: str = "", url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        if session.scalar(select(Group.id).where(Group.name == name)) is not None:
+            raise ConflictError(f"name: a group named {name!r} exists already")
+        group = Group(name=name, description=description, created_at=config.now())
+        session.add(group)
+        session.flush()
+        audit(session, "group", group.id, "create", None, {"name": name})
+        return {"id": group.id, "name": name, "description": description}
+
+    return db.write(apply, url)
+
+
+def list_groups(url: str | None = None) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return [{"id": g.id, "name": g.name, "description": g.description}
+                for g in session.scalars(select(Group).order_by(Group.name))]
+
+
+def add_image(name: str, disk_file: str, *, description: str = "", kernel: str | None = None,
+              ramdisk: str | None = None, cmdline: str | None = None, cores: Any = 1, ram_mb: Any = 512,
+              disk_gb: Any = 2, url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    if not disk_file or not str(disk_file).startswith("/"):
+        raise ValidationError("disk_file", f"{disk_file!r} must be an absolute path in the image store")
+    for field, value in (("kernel", kernel), ("ramdisk", ramdisk)):
+        if value is not None and not str(value).startswith("/"):
+            raise ValidationError(field, f"{value!r} must be an absolute path")
+    values = {"default_cores": whole("cores", cores), "default_ram_mb": whole("ram_mb", ram_mb, 16),
+              "default_disk_gb": whole("disk_gb", disk_gb, 0)}
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        if session.scalar(select(Image.id).where(Image.name == name)) is not None:
+            raise ConflictError(f"name: an image named {name!r} exists already")
+        image = Image(name=name, description=description, disk_file=disk_file, kernel=kernel, ramdisk=ramdisk,
+                      cmdline=cmdline, created_at=config.now(), **values)
+        return _create(session, image, "image", image_row)
+
+    return db.write(apply, url)
+
+
+def ensure_image(name: str, disk_file: str, *, description: str = "", kernel: str | None = None,
+                 ramdisk: str | None = None, cmdline: str | None = None, cores: Any = 1, ram_mb: Any = 512,
+                 disk_gb: Any = 2, url: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Add the image, or bring a registered one to these values (what a playbook declares). Returns the
+    row and whether anything was written."""
+    name = check_name("name", name)
+    for field, value in (("disk_file", disk_file), ("kernel", kernel), ("ramdisk", ramdisk)):
+        if value is not None and not str(value).startswith("/"):
+            raise ValidationError(field, f"{value!r} must be an absolute path in the image store")
+    if not disk_file:
+        raise ValidationError("disk_file", "required: the image's disk in the image store")
+    if cmdline is not None and ("\n" in cmdline or len(cmdline) > 1024):
+        raise ValidationError("cmdline", "must be one line of at most 1024 characters")
+    wanted = {"description": description, "disk_file": disk_file, "kernel": kernel or None,
+              "ramdisk": ramdisk or None, "cmdline": cmdline or None, "default_cores": whole("cores", cores),
+              "default_ram_mb": whole("ram_mb", ram_mb, 16), "default_disk_gb": whole("disk_gb", disk_gb, 0)}
+    db.require_schema(url)
+
+    def apply(session: Session) -> tuple[dict[str, Any], bool]:
+        image = session.scalar(select(Image).where(Image.name == name))
+        if image is None:
+            image = Image(name=name, created_at=config.now(), **wanted)
+            return _create(session, image, "image", image_row), True
+        before = {k: getattr(image, k) for k in wanted if getattr(image, k) != wanted[k]}
+        if not before:
+            return image_row(image), False
+        for key in before:
+            setattr(image, key, wanted[key])
+        audit(session, "image", image.id, "update", before, {k: wanted[k] for k in before})
+        return image_row(image), True
+
+    return db.write(apply, url)
+
+
+def image_row(i: Image) -> dict[str, Any]:
+    return {"id": i.id, "name": i.name, "description": i.description, "disk_file": i.disk_file, "kernel": i.kernel,
+            "ramdisk": i.ramdisk, "cmdline": i.cmdline, "cores": i.default_cores, "ram_mb": i.default_ram_mb,
+            "disk_gb": i.default_disk_gb}
+
+
+def list_images(url: str | None = None) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return [image_row(i) for i in session.scalars(select(Image).order_by(Image.name))]
+
+
+# --- slaves -------------------------------------------------------------------------------------
+
+def slave_row(s: Slave) -> dict[str, Any]:
+    return {"id": s.id, "name": s.name, "address": s.address, "status": str(s.status),
+            "cores_total": s.cores_total, "cores_used": s.cores_used, "cores_free": s.cores_total - s.cores_used,
+            "ram_mb_total": s.ram_mb_total, "ram_mb_used": s.ram_mb_used, "ram_mb_free": s.ram_mb_total - s.ram_mb_used,
+            "disk_gb_total": s.disk_gb_total, "disk_gb_used": s.disk_gb_used,
+            "disk_gb_free": s.disk_gb_total - s.disk_gb_used, "generation": s.generation, "joined_at": iso(s.joined_at)}
+
+
+def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, status: str = "up",
+              url: str | None = None) -> dict[str, Any]:
+    name, address, capacity = slave_input(name, address, cores, ram_mb, disk_gb)
+    state = slave_status(status)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        for column, value, what in ((Slave.name, name, "name"), (Slave.address, address, "address")):
+            other = session.scalar(select(Slave.name).where(column == value))
+            if other is not None:
+                raise ConflictError(f"{what}: slave {other!r} already has {what} {value}")
+        now = config.now()
+        slave = Slave(name=name, address=address, status=state, generation=0, joined_at=now, updated_at=now,
+                      cores_used=0, ram_mb_used=0, disk_gb_used=0, **capacity)
+        return _create(session, slave, "slave", slave_row)
+
+    return db.write(apply, url)
+
+
+def set_slave_status(name: str, status: str, url: str | None = None) -> dict[str, Any]:
+    name = check_name("name", name)
+    state = slave_status(status)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        slave = session.scalar(select(Slave).where(Slave.name == name))
+        if slave is None:
+            raise NotFoundError(f"name: no slave named {name!r}")
+        before = str(slave.status)
+        if before != state:
+            slave.status = state
+            slave.generation += 1
+            slave.updated_at = config.now()
+            audit(session, "slave", slave.id, "status", {"status": before}, {"status": str(state)})
+        return slave_row(slave)
+
+    return db.write(apply, url)
+
+
+def list_slaves(url: str | None = None) -> list[dict[str, Any]]:
+    db.require_schema(url)
+    with db.read(url) as session:
+        return [slave_row(s) for s in session.scalars(select(Slave).order_by(Slave.name))]

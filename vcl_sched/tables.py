@@ -1,0 +1,71 @@
+"""How the `vcl` command (and `vcl demo`) prints results for people: tables, key/value lists, and one
+summary of a reservation or a request. With ``--json`` the CLI prints the data itself instead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+SLAVE_COLUMNS = ("name", "address", "status", "cores_used", "cores_total", "ram_mb_used", "ram_mb_total",
+                 "disk_gb_used", "disk_gb_total")
+RES_COLUMNS = ("id", "owner", "state", "priority", "cores", "ram_mb", "start", "end", "rescheduled", "reason")
+INST_COLUMNS = ("id", "owner", "kind", "state", "priority", "slave", "cores", "ram_mb", "mac", "private_ip",
+                "public_ip", "ends_at")
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def fields(obj: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    keys = keys or [k for k in obj if not isinstance(obj[k], dict | list) or obj[k]]
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k.ljust(width)}  {_cell(obj.get(k))}" for k in keys)
+
+
+def reservation_text(r: dict[str, Any]) -> str:
+    head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
+    if r["state"] == "refused":
+        return f"{head}reservation refused (priority {r['priority']:.3f}): {r['reason']}"
+    lines = [f"{head}reservation {r['id'] if r['id'] is not None else '-'} accepted, priority {r['priority']:.3f}:"
+             f" {r['cores']} cores {r['start']} → {r['end']}"]
+    if r["reason"]:
+        lines.append(f"  {r['reason']}")
+    lines += [f"  moved reservation {m['id']}: {m['from']} → {m['to']} ({m['reason']})" for m in r["moved"]]
+    return "\n".join(lines)
+
+
+def request_text(r: dict[str, Any]) -> str:
+    head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
+    lines = []
+    if r["decision"] == "place":
+        lines.append(f"{head}instance {r['id'] if r['id'] is not None else '-'} placed on {r['slave']}"
+                     f" (priority {r['priority']:.3f}), {r['hours_granted']} h until {r['ends_at']}")
+        if r.get("mac"):
+            lines.append(f"  MAC {r['mac']}  private {r['private_ip']}  public {r['public_ip']}")
+    elif r["decision"] == "suspend":
+        lines.append(f"{head}request queued (priority {r['priority']:.3f}): suspend"
+                     f" {', '.join('#' + str(v) for v in r['suspend'])} on {r['slave']} to place it")
+    else:
+        lines.append(f"{head}request {r['decision']} (priority {r['priority']:.3f})")
+    if r.get("reason"):
+        lines.append(f"  {r['reason']}")
+    if r.get("explain"):
+        lines.append(f"  placement: {r['explain']}")
+    return "\n".join(lines)
