@@ -8,7 +8,8 @@ wanted state, runs them and saves the whole ruleset for netfilter-persistent. Pl
 function of the parsed table, so re-running plans nothing. Every writer of the table holds
 :data:`LOCK_FILE` (:func:`nat_lock`), so two runs never race on the same chains.
 
-Modules import it as ``ansible.module_utils.vcl_nat`` (ansible.cfg: ``module_utils = plugins/module_utils``).
+Modules import it as ``ansible_collections.vcl.lab.plugins.module_utils.vcl_nat``; the files the master keeps for
+each VM (DHCP host entries, public aliases) are module_utils/vcl_vm_files.py's.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def parse_nat(text: str) -> dict[str, list[str]]:
         if line.startswith(":"):
             chains.setdefault(line[1:].split()[0], [])
         elif line.startswith("-A "):
-            _, chain, *rest = line.split(" ", 2)
+            _flag, chain, *rest = line.split(" ", 2)
             chains.setdefault(chain, []).append(rest[0] if rest else "")
     return chains
 
@@ -206,7 +207,7 @@ class Plan:
             else:
                 self._run("-A", chain, *shlex.split(rule))
                 self.table[chain].append(rule)
-        for _ in range(count - 1):
+        for _extra in range(count - 1):
             self._run("-D", chain, *shlex.split(rule))
             self.table[chain].remove(rule)
 

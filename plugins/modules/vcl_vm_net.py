@@ -3,10 +3,11 @@
 """The ``vcl_vm_net`` module: put one VM on the master's network at launch, or take it off at release.
 
 One task on the master instead of three (dhcpd, network, nat): the VM's DHCP host entry, its public
-alias on the uplink and its DNAT chain, all under the lock vcl_nat takes (/run/vcl_nat.lock). The files it
-edits stay byte-identical to what the dhcpd and network roles render for the same set of VMs, so a later
-``site.yml`` run reports no change. Everything is read and planned before anything changes; a step that
-fails undoes the earlier steps of the run.
+alias on the uplink and its DNAT chain, all under the lock vcl_nat takes (/run/vcl_nat.lock). It reads and
+writes only files that module_utils/vcl_vm_files.py renders (the VMs' host entries file that dhcpd.conf
+includes, the VM's own interfaces.d file), with the functions the dhcpd and network roles render them with,
+so a later ``site.yml`` run reports no change. Everything is read and planned before anything changes; a
+step that fails undoes the earlier steps of the run.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ module: vcl_vm_net
 short_description: Put one VM on the VCL master's network (DHCP entry, public alias, DNAT), or take it off
 description:
   - Runs on the master at a launch (O(state=present)) or a release (O(state=absent)) and does, for one VM,
-    what the roles C(dhcpd), C(network) and C(nat) do for all of them, in one task and under the lock
-    C(vcl_nat) takes (C(/run/vcl_nat.lock)), so it never races C(vcl_nat) or another launch.
-  - "DHCP: the block C(host vm-<id> { hardware ethernet MAC; fixed-address PRIVATE; }) is added (or corrected)
-    in, or removed from, O(dhcpd_config), in the format and order (hosts sorted by name) the C(dhcpd) role's
-    template renders, so the role renders the same bytes for the same set of VMs. A MAC or address that
-    another host block holds is refused, naming the field, and nothing changes. The candidate file is
-    checked with C(dhcpd -t -4 -cf CANDIDATE) before it atomically replaces the live one, and
-    O(dhcpd_restart) runs only when the file changed."
-  - "Public alias: C(PUBLIC/32) on O(uplink), live (C(ip address add/del)) and as one stanza of
-    O(aliases_file), byte-identical to what the C(network) role renders there for the same set of aliases."
+    what the roles C(vcl.lab.dhcpd), C(vcl.lab.network) and C(vcl.lab.nat) do for all of them, in one task and
+    under the lock C(vcl_nat) takes (C(/run/vcl_nat.lock)), so it never races C(vcl_nat) or another launch.
+  - It reads and writes only the files the collection's module_utils C(vcl_vm_files) renders, with the same
+    functions the roles use, never a role's template output.
+  - "DHCP: the entry C(host vm-<id> { hardware ethernet MAC; fixed-address PRIVATE; }) is added (or corrected)
+    in, or removed from, O(dhcpd_hosts_file), the VMs' host entries file that dhcpd.conf includes. A MAC or
+    address another entry holds is refused, naming the field, and nothing changes. The new file is written
+    first to its candidate (C(NAME.candidate.conf) beside it) and C(dhcpd -t -4 -cf NAME.check.conf) (dhcpd.conf
+    including the candidate, written by the C(vcl.lab.dhcpd) role) must accept the whole config before the
+    live file is atomically replaced; O(dhcpd_restart) runs only when the file changed."
+  - "Public alias: C(PUBLIC/32) on O(uplink), live (C(ip address add/del)) and as the VM's own ifupdown file
+    C(vcl-vm-<id>) in O(aliases_dir), as the C(vcl.lab.network) role writes it. An address another VM's file
+    holds is refused."
   - "DNAT: the chain C(VCL-VM-<id>) and its jumps from C(VCL-PREROUTING) and C(VCL-OUTPUT), exactly as
     C(vcl_nat) makes them (an address another VM's chain uses is refused), the ruleset saved to
     O(rules_file) after C(iptables-restore --test) when O(persist)."
@@ -34,10 +38,10 @@ description:
     (files restored, dhcpd restarted again, alias and chain put back) and the module fails saying so.
   - Re-running with the same arguments changes nothing.
 version_added: "0.1.0"
-author: VCL project
+author: VCL developers (@vcl-lab)
 options:
   id:
-    description: The VM's id; its DHCP host is C(vm-<id>) and its chain C(VCL-VM-<id>).
+    description: The VM's id; its DHCP host is C(vm-<id>), its alias file C(vcl-vm-<id>), its chain C(VCL-VM-<id>).
     type: int
     required: true
   state:
@@ -56,33 +60,35 @@ options:
   public:
     description:
       - The VM's public IPv4 address (the alias on O(uplink), the DNAT destination). Needed for O(state=present).
-      - With O(state=absent) it may be left out; the address in the VM's DNAT chain is then the one removed.
+      - With O(state=absent) it may be left out; the address in the VM's DNAT chain, else in its alias file,
+        is then the one removed.
     type: str
   uplink:
     description: The master's interface that carries the public aliases (the inventory's C(lab_uplink)).
     type: str
     required: true
-  dhcpd_config:
-    description: dhcpd's configuration file, as the C(dhcpd) role writes it. It must exist for O(state=present).
+  dhcpd_hosts_file:
+    description:
+      - The VMs' host entries file that dhcpd.conf includes (the C(vcl.lab.dhcpd) role's C(dhcpd__vm_hosts_file),
+        site-wide C(lab_dhcpd_vm_hosts_file)).
+      - Its check config C(NAME.check.conf) must exist (the role writes it) whenever the file is to change.
     type: path
-    default: /etc/dhcp/dhcpd.conf
+    default: /etc/dhcp/dhcpd.vcl-vms.conf
   dhcpd_binary:
-    description: The dhcpd that checks a candidate configuration (C(dhcpd -t -4 -cf FILE)).
+    description: The dhcpd that checks the whole config with a candidate (C(dhcpd -t -4 -cf CHECK)).
     type: path
     default: /usr/sbin/dhcpd
   dhcpd_restart:
     description:
-      - Commands (argv lists) run in order after O(dhcpd_config) changed, to make dhcpd load it, for example
+      - Commands (argv lists) run in order after O(dhcpd_hosts_file) changed, to make dhcpd load it, for example
         C([[systemctl, restart, isc-dhcp-server]]). Empty means dhcpd is not restarted.
     type: list
     elements: list
     default: []
-  aliases_file:
-    description:
-      - Where the public aliases persist for ifupdown (the C(network) role's C(network__aliases_file)).
-      - Created with the role's header when missing.
+  aliases_dir:
+    description: Where ifupdown reads per-interface files; the VM's alias file C(vcl-vm-<id>) goes there.
     type: path
-    default: /etc/network/interfaces.d/vcl-public-aliases
+    default: /etc/network/interfaces.d
   rules_file:
     description: Where the iptables ruleset is saved (netfilter-persistent's IPv4 file).
     type: path
@@ -94,13 +100,15 @@ options:
 notes:
   - Supports check mode; the parts of the result then say what would change (dhcpd -t is not run).
   - Needs C(ip), C(iptables), C(iptables-save), C(iptables-restore) and dhcpd on the target.
+  - A host entries file or an alias file of this VM that is not as VCL writes it (edited by hand) is refused,
+    naming O(dhcpd_hosts_file) or O(aliases_dir); the roles rewrite both from the lab database.
 seealso:
-  - module: vcl_nat
+  - module: vcl.lab.vcl_nat
 """
 
 EXAMPLES = r"""
 - name: Put VM 14 on the master's network (launch)
-  vcl_vm_net:
+  vcl.lab.vcl_vm_net:
     id: 14
     mac: "52:54:00:12:34:56"
     private: 10.213.1.18
@@ -110,7 +118,7 @@ EXAMPLES = r"""
       - [systemctl, restart, isc-dhcp-server]
 
 - name: Take VM 14 off the master's network (release)
-  vcl_vm_net:
+  vcl.lab.vcl_vm_net:
     id: 14
     state: absent
     uplink: eth0
@@ -125,14 +133,14 @@ dhcp:
   type: dict
   contains:
     changed:
-      description: Whether O(dhcpd_config) was (in check mode, would be) rewritten.
+      description: Whether O(dhcpd_hosts_file) was (in check mode, would be) rewritten.
       type: bool
     host:
-      description: The host block's name.
+      description: The host entry's name.
       type: str
       sample: vm-14
     entry:
-      description: The host block as written (null with O(state=absent)).
+      description: The host entry as written (null with O(state=absent)).
       type: str
       sample: "host vm-14 { hardware ethernet 52:54:00:12:34:56; fixed-address 10.213.1.18; }"
     restarted:
@@ -148,7 +156,7 @@ alias:
   type: dict
   contains:
     changed:
-      description: Whether the live alias or O(aliases_file) changed (in check mode, would change).
+      description: Whether the live alias or the VM's alias file changed (in check mode, would change).
       type: bool
     address:
       description: The alias (null with O(state=absent) when no public address is known).
@@ -158,8 +166,12 @@ alias:
       description: The C(ip) commands run (or that would run).
       type: list
       elements: str
+    file:
+      description: The VM's alias file.
+      type: str
+      sample: /etc/network/interfaces.d/vcl-vm-14
     file_changed:
-      description: Whether O(aliases_file) was (or would be) rewritten.
+      description: Whether the VM's alias file was (or would be) written or removed.
       type: bool
 dnat:
   description: The DNAT part (as C(vcl_nat) returns it, plus C(changed)).
@@ -191,22 +203,14 @@ undone:
   sample: ["dnat", "alias", "dhcp"]
 """
 
-import json  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
-import os  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
+# Ansible modules keep DOCUMENTATION first (pyproject.toml ignores E402 under plugins/).
+import json
+import os
+import shlex
+import tempfile
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-# Run straight from a checkout (``python plugins/modules/vcl_vm_net.py ARGS.json``, as tests/netns does), the
-# shared code is found beside this folder; run by Ansible, it travels with the module (ansible.cfg's module_utils).
-_CHECKOUT_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "module_utils")
-if os.path.isfile(os.path.join(_CHECKOUT_UTILS, "vcl_nat.py")):
-    sys.modules["ansible.module_utils"].__path__.append(_CHECKOUT_UTILS)
-
-from ansible.module_utils.vcl_nat import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_nat import (
     VM_CHAIN_PREFIX,
     InputError,
     Iptables,
@@ -219,23 +223,19 @@ from ansible.module_utils.vcl_nat import (  # noqa: E402
     read_text,
     vm_id,
 )
-
-MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")  # what the network role accepts
-
-# One host entry exactly as roles/dhcpd/templates/etc/dhcp/dhcpd.conf.j2 renders it.
-HOST_BLOCK = re.compile(r"host (?P<name>\S+) \{\n  hardware ethernet (?P<mac>\S+);\n  fixed-address (?P<ip>\S+);\n\}\n")
-# One alias exactly as roles/network/templates/etc/network/interfaces.d/vcl-public-aliases.j2 renders it.
-ALIAS_COMMENT = "# Public alias of a VM (DNAT to its private address)."
-ALIAS_STANZA = re.compile(
-    r"\n" + re.escape(ALIAS_COMMENT) + r"\niface (?P<dev>\S+) inet static\n    address (?P<ip>[0-9.]+)/32\n"
-)
-# The template's lines before its first alias, rendered with Ansible's default ansible_managed
-# (used only when the file does not exist yet; an existing header is kept as it is).
-ALIASES_HEADER = (
-    "#\n# Ansible managed\n#\n"
-    "# The VMs' public addresses: /32 aliases on the master's uplink, DNATed to their private addresses.\n"
-    "# The network role writes them from the lab database; vcl_vm_net adds or removes one at a launch or release.\n"
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_vm_files import (
+    IFNAME_RE,
+    MAC_RE,
+    VmFileError,
+    alias_file_name,
+    alias_id,
+    dhcp_candidate_path,
+    dhcp_check_path,
+    dhcp_hosts,
+    parse_alias,
+    parse_dhcp_hosts,
+    render_alias,
+    render_dhcp_hosts,
 )
 
 
@@ -243,83 +243,11 @@ class StepError(RuntimeError):
     """A step failed after the run started changing things."""
 
 
-def alias_stanza(dev: str, address: str) -> str:
-    return f"\n{ALIAS_COMMENT}\niface {dev} inet static\n    address {address}/32\n"
-
-
-def host_block(name: str, mac: str, ip: str) -> str:
-    return f"host {name} {{\n  hardware ethernet {mac};\n  fixed-address {ip};\n}}\n"
-
-
-def _trailing_run(text: str, pattern: re.Pattern) -> tuple[str, list[re.Match]]:
-    """TEXT split into what comes before the matches of PATTERN that run, back to back, to its end, and those."""
-    matches = list(pattern.finditer(text))
-    end, run = len(text), []
-    for match in reversed(matches):
-        if match.end() != end:
-            break
-        run.insert(0, match)
-        end = match.start()
-    return text[:end], run
-
-
-def _jinja_sorted(items: list, key) -> list:
-    """What Jinja's ``sort`` does (case-insensitive, stable)."""
-    return sorted(items, key=lambda item: key(item).lower())
-
-
-def _strip_comments(text: str) -> str:
-    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-
-
-def plan_dhcp(text: str, name: str, entry: tuple[str, str] | None, path: str) -> str:
-    """The dhcpd.conf that holds ENTRY (mac, ip) as host NAME (or no host NAME when ENTRY is None).
-
-    Raises InputError naming the field when another host holds the MAC or the address."""
-    prefix, run = _trailing_run(text, HOST_BLOCK)
-    hosts = [(m["name"], m["mac"], m["ip"]) for m in run]
-    bare = _strip_comments(prefix)
-    if re.search(rf"\bhost\s+{re.escape(name)}\s*\{{", bare):
-        raise InputError(
-            f"dhcpd_config: {path} declares host {name} outside the host entries the dhcpd role writes "
-            "(at the end of the file); refusing to edit it"
-        )
-    others = [h for h in hosts if h[0] != name]
-    if entry is not None:
-        mac, ip = entry
-        for other, other_mac, other_ip in others:
-            if other_mac.lower() == mac:
-                raise InputError(f"mac: {mac} is already the hardware ethernet of host {other} in {path}")
-            if other_ip == ip:
-                raise InputError(f"private: {ip} is already the fixed-address of host {other} in {path}")
-        if any(m.lower() == mac for m in re.findall(r"hardware\s+ethernet\s+([0-9A-Fa-f:]+)", bare)):
-            raise InputError(f"mac: {mac} is already a hardware ethernet in {path}")
-        if any(a.strip() == ip for a in re.findall(r"fixed-address\s+([^;]+);", bare)):
-            raise InputError(f"private: {ip} is already a fixed-address in {path}")
-        others.append((name, mac, ip))
-    return prefix + "".join(host_block(*h) for h in _jinja_sorted(others, key=lambda h: h[0]))
-
-
-def plan_aliases(text: str | None, dev: str, address: str | None, present: bool) -> str | None:
-    """The aliases file that holds (or not) ADDRESS on DEV, the rest as it is; None if it need not exist."""
-    if text is None and not present:
-        return None
-    prefix, run = _trailing_run(ALIASES_HEADER if text is None else text, ALIAS_STANZA)
-    stanzas = {m["ip"]: m["dev"] for m in run}
-    if address is not None:
-        if present:
-            stanzas[address] = dev
-        else:
-            stanzas.pop(address, None)
-    return prefix + "".join(alias_stanza(stanzas[ip], ip) for ip in _jinja_sorted(list(stanzas), key=str))
-
-
 class VmNet:
     """One run: everything read and planned up front, then the steps, each with its undo."""
 
     def __init__(self, module: AnsibleModule):
         self.module = module
-        self.check = module.check_mode
         params = module.params
         self.params = params
         self.present = params["state"] == "present"
@@ -336,13 +264,18 @@ class VmNet:
         except InputError as err:
             module.fail_json(msg=str(err))
         self.name = f"vm-{self.id}"
+        self.hosts_file = params["dhcpd_hosts_file"]
+        self.candidate_file = dhcp_candidate_path(self.hosts_file)
+        self.check_file = dhcp_check_path(self.hosts_file)
+        self.alias_file = os.path.join(params["aliases_dir"], alias_file_name(self.id))
         self.ip = module.get_bin_path("ip", required=True)
         self.nat = Iptables(module)
         self.result = {
             "dhcp": {"changed": False, "host": self.name, "entry": None, "restarted": False, "restart_commands": []},
-            "alias": {"changed": False, "address": None, "commands": [], "file_changed": False},
+            "alias": {"changed": False, "address": None, "commands": [], "file": self.alias_file,
+                      "file_changed": False},
             "dnat": {"changed": False, "commands": [], "chains": [], "saved": False},
-        }
+        }  # fmt: skip
 
     def _mac(self, value) -> str | None:
         if value is None and not self.present:
@@ -366,69 +299,111 @@ class VmNet:
             raise StepError(f"{what}: `{shlex.join(argv)}` failed (exit {rc}): {(err or out).strip()}")
         return out
 
-    def plan(self) -> None:
-        params = self.params
-        # DHCP
-        path = params["dhcpd_config"]
-        self.dhcp_old = read_text(path)
-        if self.dhcp_old is None:
-            if self.present:
-                raise InputError(f"dhcpd_config: {path} does not exist (the dhcpd role writes it first)")
-            self.dhcp_new = None
-        else:
-            entry = (self.mac, self.private) if self.present else None
-            self.dhcp_new = plan_dhcp(self.dhcp_old, self.name, entry, path)
-        self.result["dhcp"]["changed"] = self.dhcp_new != self.dhcp_old
+    def _plan_dhcp(self) -> None:
+        self.dhcp_old = read_text(self.hosts_file)
+        self.candidate_old = read_text(self.candidate_file)
+        try:
+            old = [] if self.dhcp_old is None else parse_dhcp_hosts(self.dhcp_old, self.hosts_file)
+        except VmFileError as err:
+            raise InputError(f"dhcpd_hosts_file: {err}") from None
+        others = [entry for entry in old if entry["name"] != self.name]
         if self.present:
+            for other in others:
+                if other["mac"] == self.mac:
+                    raise InputError(f"mac: {self.mac} is already the hardware ethernet of host {other['name']} "
+                                     f"in {self.hosts_file}")  # fmt: skip
+                if other["ip"] == self.private:
+                    raise InputError(f"private: {self.private} is already the fixed-address of host "
+                                     f"{other['name']} in {self.hosts_file}")  # fmt: skip
+            others.append({"name": self.name, "mac": self.mac, "ip": self.private})
             self.result["dhcp"]["entry"] = (
                 f"host {self.name} {{ hardware ethernet {self.mac}; fixed-address {self.private}; }}"
             )
-        self.result["dhcp"]["restarted"] = self.result["dhcp"]["changed"] and bool(self.restart)
+        changed = dhcp_hosts(others) != old
+        self.dhcp_new = render_dhcp_hosts(others) if changed else None
+        if changed and not os.path.isfile(self.check_file):
+            raise InputError(
+                f"dhcpd_hosts_file: the check config {self.check_file} does not exist (the vcl.lab.dhcpd role "
+                f"writes it, with dhcpd.conf and {self.hosts_file})"
+            )
+        self.result["dhcp"]["changed"] = changed
+        self.result["dhcp"]["restarted"] = changed and bool(self.restart)
         if self.result["dhcp"]["restarted"]:
             self.result["dhcp"]["restart_commands"] = [shlex.join(argv) for argv in self.restart]
 
+    def _other_aliases(self) -> dict[str, str]:
+        """Public address -> alias file, of the other VMs' alias files (those not as VCL writes them skipped)."""
+        directory, found = self.params["aliases_dir"], {}
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            path = os.path.join(directory, name)
+            if alias_id(name) is None or path == self.alias_file:
+                continue
+            try:
+                found[parse_alias(read_text(path) or "")["public"]] = path
+            except (VmFileError, OSError):
+                continue
+        return found
+
+    def _plan_alias(self, table: dict[str, list[str]]) -> None:
+        uplink, directory = self.params["uplink"], self.params["aliases_dir"]
+        if self.present and not os.path.isdir(directory):
+            raise InputError(f"aliases_dir: directory {directory} does not exist")
+        self.alias_old = read_text(self.alias_file)
+        try:
+            old = None if self.alias_old is None else parse_alias(self.alias_old, self.alias_file)
+        except VmFileError as err:
+            raise InputError(f"aliases_dir: {err}") from None
+        if not self.present and self.public is None and old is not None:
+            self.public = old["public"]
+        others = self._other_aliases()
+        if self.present and self.public in others:
+            raise InputError(f"public: {self.public} is already the alias of another VM ({others[self.public]})")
+        self.alias_new = render_alias(self.id, uplink, self.public) if self.present else None
+
+        live: set[str] = set()
+        if self.public is not None or old is not None:
+            shown = json.loads(self._run([self.ip, "-j", "-4", "address", "show", "dev", uplink], "uplink") or "[]")
+            live = {info.get("local") for link in shown for info in link.get("addr_info", [])
+                    if info.get("prefixlen") == 32}  # fmt: skip
+        self.alias_commands: list[list[str]] = []
+        if self.public is not None:
+            self.result["alias"]["address"] = f"{self.public}/32"
+            if (self.public in live) != self.present:
+                verb = "add" if self.present else "del"
+                self.alias_commands.append([self.ip, "address", verb, f"{self.public}/32", "dev", uplink])
+        # A VM whose public address changed: its former alias goes too, unless another VM holds it.
+        former = old["public"] if old is not None and old["public"] != self.public else None
+        held = set(others) | {addresses_of(rules)[0] for chain, rules in table.items()
+                              if chain.startswith(VM_CHAIN_PREFIX) and chain != VM_CHAIN_PREFIX + self.id}  # fmt: skip
+        if former is not None and former in live and former not in held:
+            self.alias_commands.append([self.ip, "address", "del", f"{former}/32", "dev", uplink])
+        self.result["alias"]["commands"] = [shlex.join(argv) for argv in self.alias_commands]
+        self.result["alias"]["file_changed"] = self.alias_new != self.alias_old
+        self.result["alias"]["changed"] = bool(self.alias_commands) or self.result["alias"]["file_changed"]
+
+    def plan(self) -> None:
+        self._plan_dhcp()
         # DNAT (also tells which public address a release removes, when it was not given)
         table = self.nat.table()
         chain = VM_CHAIN_PREFIX + self.id
         self.dnat_before = addresses_of(table[chain]) if chain in table else None
         if not self.present and self.public is None and self.dnat_before:
             self.public = self.dnat_before[0]
+        self._plan_alias(table)
         wanted = Vm(self.id, self.public, self.private)
         try:
-            todo = plan(table, [wanted], params["state"])
+            todo = plan(table, [wanted], self.params["state"])
         except InputError as err:
             raise InputError(str(err).removeprefix("vms[0].")) from None
         self.dnat_commands = self.nat.commands(todo)
         self.result["dnat"]["commands"] = [shlex.join(argv) for argv in self.dnat_commands]
         self.result["dnat"]["chains"] = todo.vm_chains()
 
-        # Alias
-        uplink = params["uplink"]
-        self.alias_commands: list[list[str]] = []
-        if self.public is not None:
-            self.result["alias"]["address"] = f"{self.public}/32"
-            shown = json.loads(self._run([self.ip, "-j", "-4", "address", "show", "dev", uplink], "uplink") or "[]")
-            live = any(
-                info.get("local") == self.public and info.get("prefixlen") == 32
-                for link in shown
-                for info in link.get("addr_info", [])
-            )
-            if live != self.present:
-                verb = "add" if self.present else "del"
-                self.alias_commands.append([self.ip, "address", verb, f"{self.public}/32", "dev", uplink])
-        self.result["alias"]["commands"] = [shlex.join(argv) for argv in self.alias_commands]
-        aliases_path = params["aliases_file"]
-        if self.present and not os.path.isdir(os.path.dirname(aliases_path) or "."):
-            raise InputError(f"aliases_file: directory {os.path.dirname(aliases_path)} does not exist")
-        self.aliases_old = read_text(aliases_path)
-        self.aliases_new = plan_aliases(self.aliases_old, uplink, self.public, self.present)
-        self.result["alias"]["file_changed"] = self.aliases_new != self.aliases_old
-        self.result["alias"]["changed"] = bool(self.alias_commands) or self.result["alias"]["file_changed"]
-
     # --- the steps and their undos -------------------------------------------------------------------------
 
-    def _install(self, path: str, content: str | None, check: list[str] | None = None) -> None:
-        """PATH gets CONTENT (None: PATH goes) through a checked temporary file and a rename."""
+    @staticmethod
+    def _install(path: str, content: str | None) -> None:
+        """PATH gets CONTENT (None: PATH goes) through a temporary file in its directory and a rename."""
         if content is None:
             if os.path.exists(path):
                 os.unlink(path)
@@ -448,8 +423,6 @@ class VmNet:
             os.chmod(tmp, mode)
             if owner is not None:
                 os.chown(tmp, *owner)
-            if check is not None:
-                self._run([*check, tmp], f"{path} was left as it was: the candidate was refused")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -460,16 +433,25 @@ class VmNet:
             self._run(argv, "dhcpd_restart")
 
     def dhcp_do(self) -> None:
+        """The candidate first, then dhcpd -t of the whole config with it, then the live file (the candidate
+        stays, equal to it, as the dhcpd role leaves it)."""
         if not self.result["dhcp"]["changed"]:
             return
-        check = [self.params["dhcpd_binary"], "-t", "-4", "-cf"]
-        self._install(self.params["dhcpd_config"], self.dhcp_new, check)
+        self._install(self.candidate_file, self.dhcp_new)
+        try:
+            refused = f"{self.hosts_file} was left as it was: dhcpd refused the whole config with the candidate"
+            self._run([self.params["dhcpd_binary"], "-t", "-4", "-cf", self.check_file], refused)
+        except StepError:
+            self._install(self.candidate_file, self.candidate_old)
+            raise
         self.dhcp_written = True
+        self._install(self.hosts_file, self.dhcp_new)
         self._restart_dhcpd()
 
     def dhcp_undo(self) -> None:
         if getattr(self, "dhcp_written", False):
-            self._install(self.params["dhcpd_config"], self.dhcp_old)
+            self._install(self.hosts_file, self.dhcp_old)
+            self._install(self.candidate_file, self.candidate_old)
             self._restart_dhcpd()
 
     def alias_do(self) -> None:
@@ -479,11 +461,11 @@ class VmNet:
             self.alias_done.append(argv)
         if self.result["alias"]["file_changed"]:
             self.alias_file_written = True
-            self._install(self.params["aliases_file"], self.aliases_new)
+            self._install(self.alias_file, self.alias_new)
 
     def alias_undo(self) -> None:
         if getattr(self, "alias_file_written", False):
-            self._install(self.params["aliases_file"], self.aliases_old)
+            self._install(self.alias_file, self.alias_old)
         for argv in reversed(getattr(self, "alias_done", [])):
             back = list(argv)
             back[2] = "del" if argv[2] == "add" else "add"
@@ -537,7 +519,7 @@ class VmNet:
         private = self.private or (self.dnat_before[1] if self.dnat_before else None)
         if private:
             self._run([self.ip, "neigh", "flush", "to", f"{private}/32", "dev", self.params["uplink"]],
-                      "forgetting the old ARP entry")
+                      "forgetting the old ARP entry")  # fmt: skip
 
     def check_persist(self) -> None:
         """Check mode: would the rules file be rewritten?"""
@@ -556,10 +538,10 @@ def main() -> None:
             "private": {"type": "str"},
             "public": {"type": "str"},
             "uplink": {"type": "str", "required": True},
-            "dhcpd_config": {"type": "path", "default": "/etc/dhcp/dhcpd.conf"},
+            "dhcpd_hosts_file": {"type": "path", "default": "/etc/dhcp/dhcpd.vcl-vms.conf"},
             "dhcpd_binary": {"type": "path", "default": "/usr/sbin/dhcpd"},
             "dhcpd_restart": {"type": "list", "elements": "list", "default": []},
-            "aliases_file": {"type": "path", "default": "/etc/network/interfaces.d/vcl-public-aliases"},
+            "aliases_dir": {"type": "path", "default": "/etc/network/interfaces.d"},
             "rules_file": {"type": "path", "default": "/etc/iptables/rules.v4"},
             "persist": {"type": "bool", "default": True},
         },
@@ -570,7 +552,7 @@ def main() -> None:
     with nat_lock():
         try:
             vm.plan()
-        except (InputError, StepError, NatError) as err:  # refused or unreadable: nothing was changed
+        except (InputError, StepError, NatError, VmFileError) as err:  # refused or unreadable: nothing was changed
             module.fail_json(msg=str(err))
         if module.check_mode:
             vm.check_persist()

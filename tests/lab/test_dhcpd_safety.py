@@ -1,8 +1,9 @@
-"""The dhcpd role on the lab's master: a bad change never reaches the running dhcpd.
+"""The dhcpd role on the lab's master: a bad change never reaches the running dhcpd; the role and the vm
+role's net entry point (vcl_vm_net) write the VMs' host entries file the same way.
 
-Runs the role with ansible-playbook against the session lab (``VCL_TEST_LAB``) and reads the
-results on the machines themselves: the installed dhcpd.conf, dhcpd's pid and start time, and a
-real DHCP exchange from the lab's client machine (a macvlan with a VM's MAC in a namespace of its
+Runs the roles with ansible-playbook against the session lab (``VCL_TEST_LAB``) and reads the
+results on the machines themselves: the installed dhcpd.conf and host entries, dhcpd's pid and start time,
+and a real DHCP exchange from the lab's client machine (a macvlan with a VM's MAC in a namespace of its
 own, asking with busybox udhcpc over the lab LAN).
 """
 
@@ -16,12 +17,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcl_sched.lab.testing import Lab, run_playbook
+from vcl_lab.testing import Lab, run_playbook
 
 pytestmark = pytest.mark.lab
 
-PLAYBOOK = [{"name": "Apply the dhcpd role", "hosts": "vcl_master", "gather_facts": False, "roles": ["dhcpd"]}]
+PLAYBOOK = [{"name": "Apply the dhcpd role", "hosts": "vcl_master", "gather_facts": False, "roles": ["vcl.lab.dhcpd"]}]
 CONF = "/etc/dhcp/dhcpd.conf"
+HOSTS = "/etc/dhcp/dhcpd.vcl-vms.conf"  # the VMs' host entries, which dhcpd.conf includes
+CANDIDATE = "/etc/dhcp/dhcpd.vcl-vms.candidate.conf"
+HANDLER = "RUNNING HANDLER [vcl.lab.dhcpd : Restart isc-dhcp-server]"
+VM_ID = 990004  # the VM the vm role's net entry point puts on the master's network
 PID_FILE = "/run/dhcpd.pid"
 LEASE_NS = "vcltest-dhcpd-lease"
 LEASE_IF = "vcltestlease0"
@@ -39,6 +44,7 @@ class Dhcpd:
     client_uplink: str
     gateway: str
     prefix: str  # first three octets of the VM network (the lab's VM networks are /24s)
+    public: str  # the net entry point's VM's public address (the last of the lab's public pool)
     hosts: list[dict[str, str]]
 
     def host(self, n: int) -> dict[str, str]:
@@ -53,6 +59,24 @@ class Dhcpd:
         extra.write_text(json.dumps(variables))
         return run_playbook(self.lab, playbook, "-e", f"@{extra}")
 
+    def net(self, state: str, *extra: str):
+        """The vm role's net entry point for VM_ID (host entry, public alias, DNAT), as a launch or release runs it."""
+        net_vars = {"vm__net_id": VM_ID, "vm__net_state": state}
+        if state == "present":
+            vm = self.vm()
+            net_vars.update(vm__net_mac=vm["mac"], vm__net_private_ip=vm["ip"], vm__net_public_ip=self.public)
+        playbook = self.workdir / "net.yml"
+        playbook.write_text(yaml.safe_dump([{
+            "name": "Put the VM on the master's network, or take it off", "hosts": "localhost", "gather_facts": False,
+            "tasks": [{"name": "Run the vm role's net entry point", "ansible.builtin.include_role": {
+                "name": "vcl.lab.vm", "tasks_from": "net"}, "vars": net_vars}],
+        }], sort_keys=False))  # fmt: skip
+        return run_playbook(self.lab, playbook, *extra)
+
+    def vm(self) -> dict[str, str]:
+        """The host entry the lab database would give the dhcpd role for VM_ID."""
+        return {**self.host(4), "name": f"vm-{VM_ID}"}
+
     def ssh(self, host: str, *argv: str, check: bool = True) -> str:
         proc = self.lab.ssh(host, *argv)
         if check:
@@ -60,7 +84,11 @@ class Dhcpd:
         return proc.stdout
 
     def config(self) -> str:
-        return self.ssh(self.master, "cat", CONF)
+        """dhcpd.conf, the host entries and their candidate."""
+        return "".join(f"==> {path}\n" + self.ssh(self.master, "cat", path) for path in (CONF, HOSTS, CANDIDATE))
+
+    def entries(self) -> str:
+        return self.ssh(self.master, "cat", HOSTS)
 
     def process(self) -> tuple[str, str, list[str]]:
         """The running dhcpd: (pid, start time in clock ticks since boot, argv)."""
@@ -109,6 +137,7 @@ def dhcpd(lab, tmp_path_factory):
         client_uplink=inventory["children"]["vcl_clients"]["hosts"][client]["lab_uplink"],
         gateway=gateway,
         prefix=gateway.rsplit(".", 1)[0],
+        public=variables["lab_public_pool"].split("-")[1],
         hosts=[],
     )
     handle.hosts = [handle.host(n) for n in (1, 2, 3)]
@@ -134,7 +163,7 @@ def test_config_dhcpd_rejects_never_replaces_the_working_one(dhcpd):
     assert recap[dhcpd.master].failed == 1 and recap[dhcpd.master].changed == 0, recap.stdout
     assert "failed to validate" in recap.stdout and "no-such-option" in recap.stdout, recap.stdout
     assert "RUNNING HANDLER" not in recap.stdout
-    assert dhcpd.config() == before_conf
+    assert dhcpd.config() == before_conf  # dhcpd.conf, the host entries and their candidate
     assert dhcpd.process() == before_process  # the same dhcpd, never restarted
     assert dhcpd.lease(dhcpd.hosts[1]["mac"]) == (dhcpd.hosts[1]["ip"], dhcpd.gateway)
 
@@ -186,14 +215,50 @@ def test_valid_change_restarts_dhcpd_and_serves_the_new_entry(dhcpd):
     recap = dhcpd.converge(dhcpd__hosts=[*dhcpd.hosts, fourth])
 
     assert recap.ok and recap[dhcpd.master].changed >= 1, recap.stdout
-    assert "RUNNING HANDLER [dhcpd : Restart isc-dhcp-server]" in recap.stdout
+    assert HANDLER in recap.stdout
     assert dhcpd.process()[:2] != (before_pid, before_start)
-    assert f"host {fourth['name']} {{" in dhcpd.config()
+    assert f"host {fourth['name']} {{" in dhcpd.entries()
+    assert not re.search(r"(?m)^\s*host\s", dhcpd.ssh(dhcpd.master, "cat", CONF))  # no host: it includes them
     assert dhcpd.lease(fourth["mac"]) == (fourth["ip"], dhcpd.gateway)
 
     back = dhcpd.converge()  # the baseline again, for the tests that follow
     assert back.ok, back.stdout
     assert dhcpd.lease(fourth["mac"]) is None
+
+
+def test_the_net_entry_point_and_the_role_write_the_same_host_entries(dhcpd):
+    """A launch (vcl_vm_net, through the vm role's net entry point) adds one entry that dhcpd serves at once; the
+    role run later with the same VMs (site.yml) changes nothing; a release takes the entry away, and again the
+    role agrees. The VM's alias file and chain come and go with it."""
+    vm = dhcpd.vm()
+    assert dhcpd.lease(vm["mac"]) is None
+    before_pid, before_start, _ = dhcpd.process()
+
+    launched = dhcpd.net("present")
+    assert launched.ok and launched.changed == 1, launched.stdout
+    entries = dhcpd.entries()
+    assert entries.count(f"host {vm['name']} {{") == 1 and all(f"host {h['name']} {{" in entries for h in dhcpd.hosts)
+    assert dhcpd.ssh(dhcpd.master, "cat", CANDIDATE) == entries
+    assert dhcpd.process()[:2] != (before_pid, before_start)  # restarted to load the new entry
+    assert dhcpd.lease(vm["mac"]) == (vm["ip"], dhcpd.gateway)
+    alias = dhcpd.ssh(dhcpd.master, "cat", f"/etc/network/interfaces.d/vcl-vm-{VM_ID}")
+    assert f"address {dhcpd.public}/32" in alias
+    assert f"VCL-VM-{VM_ID}" in dhcpd.ssh(dhcpd.master, "iptables-save", "-t", "nat")
+
+    again = dhcpd.net("present")
+    assert again.ok and again.changed == 0, again.stdout
+    site = dhcpd.converge(dhcpd__hosts=[*dhcpd.hosts, vm])  # what site.yml runs while the VM holds its address
+    assert site.ok and site[dhcpd.master].changed == 0, site.stdout
+    assert dhcpd.entries() == entries
+
+    released = dhcpd.net("absent")
+    assert released.ok and released.changed == 1, released.stdout
+    assert f"host {vm['name']} " not in dhcpd.entries()
+    assert dhcpd.lease(vm["mac"]) is None
+    assert dhcpd.ssh(dhcpd.master, "ls", "/etc/network/interfaces.d").split().count(f"vcl-vm-{VM_ID}") == 0
+    assert f"VCL-VM-{VM_ID}" not in dhcpd.ssh(dhcpd.master, "iptables-save", "-t", "nat")
+    back = dhcpd.converge()
+    assert back.ok and back[dhcpd.master].changed == 0, back.stdout
 
 
 def test_plain_service_manager_runs_dhcpd_with_start_stop_daemon(dhcpd):
@@ -217,6 +282,16 @@ def test_plain_service_manager_runs_dhcpd_with_start_stop_daemon(dhcpd):
         assert (new_pid, new_start) != (pid, start)
         assert dhcpd.ssh(dhcpd.master, "ps", "-o", "pid=", "-p", pid, check=False).strip() == ""  # the old one ended
         assert dhcpd.lease(fifth["mac"]) == (fifth["ip"], dhcpd.gateway)
+
+        # A launch and a release restart the plain-mode dhcpd the same way (the net entry point's plain argv).
+        for state, served in (("present", True), ("absent", False)):
+            before = dhcpd.process()
+            recap = dhcpd.net(state, "-e", "lab_service_manager=plain")
+            assert recap.ok and recap.changed == 1, recap.stdout
+            after = dhcpd.process()
+            assert after[:2] != before[:2] and after[2] == before[2], (before, after)  # same argv, new process
+            vm = dhcpd.vm()
+            assert dhcpd.lease(vm["mac"]) == ((vm["ip"], dhcpd.gateway) if served else None)
     finally:
         dhcpd.ssh(
             dhcpd.master,

@@ -1,15 +1,17 @@
 """plugins/modules/vcl_vm_net.py against real iptables, ``ip address`` and ``dhcpd -t``, in a network
 namespace per test (with a veth ``eth0`` playing the master's uplink).
 
-The module runs as Ansible runs it on a host (``python vcl_vm_net.py ARGS.json``), inside the namespace.
-Its dhcpd.conf and aliases file are compared byte for byte with what the dhcpd and network roles' templates
-render (Jinja2 with the roles' filters, set up as Ansible's template module sets it up; one test checks that
-against Ansible itself) for the same set of VMs, so a later ``site.yml`` run reports no change.
+The module runs as Ansible runs it on a host (``python -m ansible_collections.vcl.lab.plugins.modules.vcl_vm_net
+ARGS.json``), inside the namespace. The master's files are laid out as the dhcpd and network roles leave them:
+dhcpd.conf and its check config (the role's template, rendered as Ansible's template module renders it; one test
+checks that against Ansible itself) including the VMs' host entries file and its candidate, and one interfaces.d
+file per VM. After every run the host entries file and the alias files must be exactly what the one render
+function of module_utils/vcl_vm_files.py (which the roles use too) gives for the VMs the master holds, and dhcpd
+must accept the whole config.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,13 +24,19 @@ from pathlib import Path
 import jinja2
 import pytest
 from ansible.plugins.filter.core import comment
+from ansible_collections.vcl.lab.plugins.filter import vcl_dhcpd
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_vm_files import (
+    alias_file_name,
+    render_alias,
+    render_dhcp_hosts,
+)
 
 pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE = REPO / "plugins" / "modules" / "vcl_vm_net.py"
+MODULE = "ansible_collections.vcl.lab.plugins.modules.vcl_vm_net"
+MODULE_ENV = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
 DHCPD_TEMPLATE = REPO / "roles/dhcpd/templates/etc/dhcp/dhcpd.conf.j2"
-ALIASES_TEMPLATE = REPO / "roles/network/templates/etc/network/interfaces.d/vcl-public-aliases.j2"
 DHCPD = shutil.which("dhcpd") or "/usr/sbin/dhcpd"
 
 LAN = "10.77.1.0/24"  # the lab LAN (public aliases come from it)
@@ -41,17 +49,17 @@ def vm(n: int, **changes) -> dict:
             "public": f"10.77.1.{100 + n}", **changes}  # fmt: skip
 
 
-def _dhcpd_filters() -> dict:
-    spec = importlib.util.spec_from_file_location("vcl_dhcpd_filters", REPO / "roles/dhcpd/filter_plugins/dhcpd.py")
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    return plugin.FilterModule().filters()
+def entries(vms: list[dict]) -> list[dict]:
+    """The host entries the lab database gives the dhcpd role for these VMs (vcl_lab_info's dhcp_hosts)."""
+    return [{"name": f"vm-{v['id']}", "mac": v["mac"], "ip": v["private"]} for v in vms]
 
 
 def render(template: Path, **variables) -> str:
-    """TEMPLATE as Ansible's template module renders it (trim_blocks, trailing newline kept)."""
+    """TEMPLATE as Ansible's template module renders it (trim_blocks, trailing newline kept, the role's filters
+    by their FQCN)."""
     env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(_dhcpd_filters(), comment=comment)
+    env.filters.update({f"vcl.lab.{name}": f for name, f in vcl_dhcpd.FilterModule().filters().items()})
+    env.filters["comment"] = comment
     return env.from_string(template.read_text()).render(ansible_managed="Ansible managed", **variables)
 
 
@@ -65,15 +73,10 @@ DHCPD_VARS = {
 }
 
 
-def dhcpd_conf(vms: list[dict], **changes) -> str:
-    """What the dhcpd role writes for these VMs (the host entries vcl_lab_info gives it)."""
-    hosts = [{"name": f"vm-{v['id']}", "mac": v["mac"], "ip": v["private"]} for v in vms]
-    return render(DHCPD_TEMPLATE, **{**DHCPD_VARS, **changes}, dhcpd__hosts=hosts)
-
-
-def aliases_file(vms: list[dict]) -> str:
-    """What the network role writes for these VMs' public addresses."""
-    return render(ALIASES_TEMPLATE, network__uplink="eth0", network__public_aliases=[v["public"] for v in vms])
+def dhcpd_conf(hosts_file: Path, include: Path, **changes) -> str:
+    """What the dhcpd role writes as dhcpd.conf (INCLUDE is HOSTS_FILE) or as its check config (the candidate)."""
+    return render(DHCPD_TEMPLATE, **{**DHCPD_VARS, **changes}, dhcpd__vm_hosts_file=str(hosts_file),
+                  dhcpd__include_file=str(include))  # fmt: skip
 
 
 def normalise_save(text: str) -> list[str]:
@@ -90,10 +93,13 @@ class Master:
 
     def __init__(self, ns: str, root: Path):
         self.ns, self.root = ns, root
-        for sub in ("dhcp", "network", "iptables"):
+        for sub in ("dhcp", "interfaces.d", "iptables"):
             (root / sub).mkdir()
         self.dhcpd_config = root / "dhcp/dhcpd.conf"
-        self.aliases = root / "network/vcl-public-aliases"
+        self.hosts_file = root / "dhcp/dhcpd.vcl-vms.conf"
+        self.candidate = root / "dhcp/dhcpd.vcl-vms.candidate.conf"
+        self.check = root / "dhcp/dhcpd.vcl-vms.check.conf"
+        self.aliases = root / "interfaces.d"
         self.rules = root / "iptables/rules.v4"
         self.restarts = root / "restarts.log"
         for argv in (
@@ -107,28 +113,37 @@ class Master:
             ns_run(ns, *argv, check=True)
 
     def setup(self, vms: list[dict], **dhcpd_vars) -> None:
-        """The state a site.yml run leaves for these VMs (files, aliases, DNAT chains)."""
-        self.dhcpd_config.write_text(dhcpd_conf(vms, **dhcpd_vars))
-        self.aliases.write_text(aliases_file(vms))
+        """The state a site.yml run leaves for these VMs: the dhcpd role's files, the network role's alias files
+        (both through the render functions), then each VM's live alias and DNAT chain, which the module adds
+        without touching a file (the roles wrote what it would write)."""
+        self.dhcpd_config.write_text(dhcpd_conf(self.hosts_file, self.hosts_file, **dhcpd_vars))
+        self.check.write_text(dhcpd_conf(self.hosts_file, self.candidate, **dhcpd_vars))
+        self.hosts_file.write_text(render_dhcp_hosts(entries(vms)))
+        self.candidate.write_text(render_dhcp_hosts(entries(vms)))
         for v in vms:
-            assert not self.run(**v).get("failed")
+            (self.aliases / alias_file_name(v["id"])).write_text(render_alias(v["id"], "eth0", v["public"]))
+        for v in vms:
+            result = self.run(**v)
+            assert not result.get("failed") and not result["dhcp"]["changed"], result
+            assert not result["alias"]["file_changed"], result
         self.restarts.unlink(missing_ok=True)
+
+    def args(self, **args) -> dict:
+        return {
+            "uplink": "eth0",
+            "dhcpd_hosts_file": str(self.hosts_file),
+            "dhcpd_binary": DHCPD,
+            "dhcpd_restart": [["sh", "-c", 'echo restart >> "$0"', str(self.restarts)]],
+            "aliases_dir": str(self.aliases),
+            "rules_file": str(self.rules),
+            **args,
+        }
 
     def run(self, check: bool = False, **args) -> dict:
         """One module run inside the namespace; its JSON result (``failed`` set when it failed)."""
-        args = {
-            "uplink": "eth0",
-            "dhcpd_config": str(self.dhcpd_config),
-            "dhcpd_binary": DHCPD,
-            "dhcpd_restart": [["sh", "-c", 'echo restart >> "$0"', str(self.restarts)]],
-            "aliases_file": str(self.aliases),
-            "rules_file": str(self.rules),
-            **args,
-            "_ansible_check_mode": check,
-        }
         path = self.root / "args.json"
-        path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-        proc = ns_run(self.ns, sys.executable, str(MODULE), str(path), timeout=120)
+        path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**self.args(**args), "_ansible_check_mode": check}}))
+        proc = ns_run(self.ns, sys.executable, "-m", MODULE, str(path), env=MODULE_ENV, timeout=120)
         try:
             result = json.loads(proc.stdout)
         except ValueError:
@@ -147,16 +162,26 @@ class Master:
         out = ns_run(self.ns, "iptables-save", "-t", "nat", check=True).stdout
         return sorted(line for line in out.splitlines() if line.startswith("-A "))
 
+    def files(self) -> dict[str, str]:
+        """Every file under dhcp/ and interfaces.d/ (temporary ones too) with its text."""
+        return {f"{p.parent.name}/{p.name}": p.read_text()
+                for sub in ("dhcp", "interfaces.d") for p in sorted((self.root / sub).iterdir())}  # fmt: skip
+
     def snapshot(self) -> tuple:
         """Everything the module may touch."""
-        read = lambda p: p.read_text() if p.exists() else None  # noqa: E731
-        return (read(self.dhcpd_config), read(self.aliases), read(self.rules), self.live_aliases(),
-                self.nat_rules(), self.restart_count())  # fmt: skip
+        rules = self.rules.read_text() if self.rules.exists() else None
+        return self.files(), rules, self.live_aliases(), self.nat_rules(), self.restart_count()
 
     def assert_holds(self, vms: list[dict]) -> None:
-        """Files byte-identical to the roles' rendering, and live state, for exactly these VMs."""
-        assert self.dhcpd_config.read_text() == dhcpd_conf(vms)
-        assert self.aliases.read_text() == aliases_file(vms)
+        """Files exactly as the render functions give them, dhcpd accepting the whole config, and live state,
+        for exactly these VMs."""
+        assert self.hosts_file.read_text() == render_dhcp_hosts(entries(vms))
+        assert self.candidate.read_text() == self.hosts_file.read_text()  # as the dhcpd role leaves it
+        aliases = {p.name: p.read_text() for p in self.aliases.iterdir()}
+        assert aliases == {alias_file_name(v["id"]): render_alias(v["id"], "eth0", v["public"]) for v in vms}
+        for config in (self.dhcpd_config, self.check):
+            proc = subprocess.run([DHCPD, "-t", "-4", "-cf", str(config)], text=True, capture_output=True)
+            assert proc.returncode == 0, proc.stderr
         assert self.live_aliases() == {v["public"] for v in vms}
         chains = sorted(f"-A VCL-VM-{v['id']} -d {v['public']}/32 -j DNAT --to-destination {v['private']}" for v in vms)
         assert [r for r in self.nat_rules() if r.startswith("-A VCL-VM-")] == chains
@@ -174,36 +199,40 @@ def master(netns, tmp_path):
     return Master(netns, tmp_path)
 
 
-def test_add_readd_remove_keep_the_roles_bytes(master):
+def test_add_readd_remove_keep_the_rendered_bytes(master):
     master.setup([vm(2), vm(10)])
     master.assert_holds([vm(2), vm(10)])
 
     v7 = vm(7, mac="52:54:00:00:00:ab")
-    added = master.run(**{**v7, "mac": "52:54:00:00:00:AB"})  # written in lower case, as the template does
+    added = master.run(**{**v7, "mac": "52:54:00:00:00:AB"})  # written in lower case, as the role writes it
     assert added["changed"] and added["dhcp"]["changed"] and added["alias"]["changed"] and added["dnat"]["changed"]
     assert added["dhcp"]["restarted"] and master.restart_count() == 1
     assert added["dhcp"]["entry"] == "host vm-7 { hardware ethernet 52:54:00:00:00:ab; fixed-address 10.77.2.17; }"
     assert added["alias"]["address"] == "10.77.1.107/32" and added["dnat"]["saved"]
+    assert added["alias"]["file"] == str(master.aliases / "vcl-vm-7") and added["alias"]["file_changed"]
     assert added["dnat"]["chains"] == ["VCL-VM-10", "VCL-VM-2", "VCL-VM-7"]
     master.assert_holds([vm(2), vm(10), v7])
-    # Hosts sorted by name as Jinja sorts them: vm-10 < vm-2 < vm-7.
-    text = master.dhcpd_config.read_text()
-    assert text.index("host vm-10 ") < text.index("host vm-2 ") < text.index("host vm-7 ")
+    # One entry more, exactly, sorted by name with numbers in order: vm-2 < vm-7 < vm-10.
+    text = master.hosts_file.read_text()
+    assert text.count("host vm-7 {") == 1 and len(re.findall(r"(?m)^host ", text)) == 3
+    assert text.index("host vm-2 ") < text.index("host vm-7 ") < text.index("host vm-10 ")
 
-    again = master.run(**v7)
+    again = master.run(**v7)  # the same launch again: nothing is added twice, dhcpd is not restarted
     assert again["changed"] is False and master.restart_count() == 1
     assert again["alias"]["commands"] == [] and again["dnat"]["commands"] == []
+    assert master.hosts_file.read_text() == text
 
     removed = master.run(id=2, state="absent")  # the public address comes from the VM's chain
     assert removed["changed"] and removed["alias"]["address"] == "10.77.1.102/32"
     assert master.restart_count() == 2
     master.assert_holds([vm(10), v7])
+    assert "host vm-2 " not in master.hosts_file.read_text() and "host vm-7 " in master.hosts_file.read_text()
 
     assert master.run(id=2, state="absent")["changed"] is False
     assert master.restart_count() == 2
 
 
-def test_any_sequence_matches_the_templates(master):
+def test_any_sequence_matches_the_render_functions(master):
     master.setup([])
     held: dict[int, dict] = {}
     # (VM, launched or released), in an order that puts entries first, last and in between.
@@ -218,8 +247,8 @@ def test_any_sequence_matches_the_templates(master):
             result = master.run(id=n, state="absent", public=vm(n)["public"])
         assert result["changed"] and not result.get("failed"), (step, result)
         master.assert_holds(list(held.values()))
-    assert master.dhcpd_config.read_text() == dhcpd_conf([])
-    assert master.aliases.read_text() == aliases_file([])
+    assert master.hosts_file.read_text() == render_dhcp_hosts([])
+    assert list(master.aliases.iterdir()) == []
 
 
 def test_a_moved_vm_is_corrected_in_place(master):
@@ -228,6 +257,16 @@ def test_a_moved_vm_is_corrected_in_place(master):
     result = master.run(**moved)
     assert result["dhcp"]["changed"] and result["dnat"]["changed"] and not result["alias"]["changed"]
     master.assert_holds([vm(1), moved])
+
+    # A new public address: the file says so, and the former alias goes from the uplink.
+    renumbered = vm(2, mac="52:54:00:00:00:99", private="10.77.2.99", public="10.77.1.199")
+    result = master.run(**renumbered)
+    assert not result["dhcp"]["changed"] and result["alias"]["file_changed"] and result["dnat"]["changed"]
+    assert [c.split(" ", 1)[1] for c in result["alias"]["commands"]] == [
+        "address add 10.77.1.199/32 dev eth0",
+        "address del 10.77.1.102/32 dev eth0",
+    ]
+    master.assert_holds([vm(1), renumbered])
 
 
 def test_check_mode_reports_and_touches_nothing(master):
@@ -247,7 +286,7 @@ def test_check_mode_reports_and_touches_nothing(master):
     [
         ({"mac": vm(1)["mac"].upper()}, "mac"),  # another host's MAC, whatever its case
         ({"private": vm(1)["private"]}, "private"),  # another host's fixed address
-        ({"public": vm(1)["public"]}, "public"),  # another VM's DNAT chain
+        ({"public": vm(1)["public"]}, "public"),  # another VM's alias and DNAT chain
         ({"private": vm(5)["public"]}, "private"),  # the same as public
         ({"mac": "52:54:00:00:00"}, "mac"),
         ({"public": "10.77.1.300"}, "public"),
@@ -264,15 +303,73 @@ def test_conflicts_and_bad_input_are_refused_and_change_nothing(master, clash, f
     assert master.snapshot() == before
 
 
-def test_a_broken_dhcpd_config_is_never_installed(master):
-    # An option dhcpd does not know: every candidate is refused by dhcpd -t.
+def test_a_public_address_in_another_vms_alias_file_is_refused(master):
+    """A VM that is gone but still has its alias file (no chain): its address is not given to another."""
+    master.setup([vm(1)])
+    (master.aliases / "vcl-vm-9").write_text(render_alias(9, "eth0", vm(5)["public"]))
+    before = master.snapshot()
+    result = master.run(**vm(5))
+    assert result["failed"] and result["msg"].startswith("public: 10.77.1.105 is already the alias of another VM")
+    assert str(master.aliases / "vcl-vm-9") in result["msg"]
+    assert master.snapshot() == before
+
+
+def test_a_broken_config_never_replaces_the_working_host_entries(master):
+    # An option dhcpd does not know in dhcpd.conf (and its check config): every candidate is refused by dhcpd -t.
     master.setup([vm(1)], dhcpd__options={"no-such-option": "1"})
     before = master.snapshot()
     result = master.run(**vm(3))
     assert result["failed"] and result["msg"].startswith("dhcp step failed:"), result["msg"]
-    assert "was left as it was" in result["msg"] and result["undone"] == ["dhcp"]
+    assert "was left as it was" in result["msg"] and "no-such-option" in result["msg"]
+    assert result["undone"] == ["dhcp"]
+    # The live entries, the candidate (put back), the alias files: as they were, and no temporary file left.
     assert master.snapshot() == before
-    assert [p for p in master.dhcpd_config.parent.iterdir() if p.name != "dhcpd.conf"] == []  # no candidate left
+    assert master.restart_count() == 0
+
+
+def test_host_entries_edited_by_hand_are_refused(master):
+    master.setup([vm(1)])
+    with master.hosts_file.open("a") as handle:
+        handle.write("deny unknown-clients;\n")
+    before = master.snapshot()
+    for args in (vm(3), {"id": 1, "state": "absent"}):
+        result = master.run(**args)
+        assert result["failed"] and result["msg"].startswith("dhcpd_hosts_file: "), result["msg"]
+        assert "deny unknown-clients" in result["msg"] and "not a host entry as VCL writes it" in result["msg"]
+        assert master.snapshot() == before
+
+
+def test_an_alias_file_edited_by_hand_is_refused(master):
+    master.setup([vm(1)])
+    path = master.aliases / "vcl-vm-1"
+    path.write_text(path.read_text() + "    up echo hi\n")
+    before = master.snapshot()
+    for args in (vm(1), {"id": 1, "state": "absent"}):
+        result = master.run(**args)
+        assert result["failed"] and result["msg"].startswith(f"aliases_dir: {path}: "), result["msg"]
+        assert master.snapshot() == before
+
+
+def test_without_the_check_config_nothing_is_written(master):
+    """The dhcpd role writes the check config with dhcpd.conf; without it no candidate can be checked."""
+    master.setup([vm(1)])
+    master.check.unlink()
+    before = master.snapshot()
+    result = master.run(**vm(3))
+    assert result["failed"] and result["msg"].startswith("dhcpd_hosts_file: the check config"), result["msg"]
+    assert master.snapshot() == before
+    assert master.run(**vm(1))["changed"] is False  # no change to the entries needs no check
+
+
+def test_a_release_finds_the_public_address_in_the_alias_file(master):
+    """The VM's chain is already gone (vcl_nat removed it): its alias file still says which address to drop."""
+    master.setup([vm(1), vm(4)])
+    for argv in (["-D", "VCL-PREROUTING", "-j", "VCL-VM-4"], ["-D", "VCL-OUTPUT", "-j", "VCL-VM-4"],
+                 ["-F", "VCL-VM-4"], ["-X", "VCL-VM-4"]):  # fmt: skip
+        ns_run(master.ns, "iptables", "-w", "-t", "nat", *argv, check=True)
+    result = master.run(id=4, state="absent")
+    assert result["changed"] and result["alias"]["address"] == "10.77.1.104/32", result
+    master.assert_holds([vm(1)])
 
 
 def test_a_failed_dnat_step_undoes_the_dhcp_entry_and_the_alias(master):
@@ -283,8 +380,8 @@ def test_a_failed_dnat_step_undoes_the_dhcp_entry_and_the_alias(master):
     assert result["failed"] and result["msg"].startswith("dnat step failed: rules_file:"), result["msg"]
     assert result["undone"] == ["dnat", "alias", "dhcp"]
     after = master.snapshot()
-    assert after[:5] == before[:5]  # files, live alias and nat table as they were
-    assert master.restart_count() == 2  # dhcpd loaded the new file, then the restored one
+    assert after[:4] == before[:4]  # files, live aliases and nat table as they were
+    assert master.restart_count() == 2  # dhcpd loaded the new entries, then the restored ones
 
 
 def test_a_failed_release_puts_the_vm_back(master):
@@ -297,7 +394,7 @@ def test_a_failed_release_puts_the_vm_back(master):
     assert result["failed"] and result["msg"].startswith("dhcp step failed: dhcpd_restart:"), result["msg"]
     assert result["undone"] == ["dhcp", "alias", "dnat"]
     after = master.snapshot()
-    assert after[:2] == before[:2] and after[3] == before[3]  # the files and the live aliases
+    assert after[0] == before[0] and after[2] == before[2]  # the files and the live aliases
     assert normalise_save(master.rules.read_text()) == saved  # saved again once the chain was back
     master.assert_holds([vm(1), vm(2)])
 
@@ -308,19 +405,18 @@ def test_concurrent_launches_serialise_on_the_lock(master):
     procs = []
     for v in vms:
         path = master.root / f"args-{v['id']}.json"
-        args = {"uplink": "eth0", "dhcpd_config": str(master.dhcpd_config), "dhcpd_binary": DHCPD,
-                "aliases_file": str(master.aliases), "rules_file": str(master.rules), **v}  # fmt: skip
-        path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-        procs.append(subprocess.Popen(["ip", "netns", "exec", master.ns, sys.executable, str(MODULE), str(path)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": master.args(dhcpd_restart=[], **v)}))
+        argv = ["ip", "netns", "exec", master.ns, sys.executable, "-m", MODULE, str(path)]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MODULE_ENV))
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(r["changed"] and not r.get("failed") for r in results), results
     master.assert_holds(vms)
 
 
 def test_dhcpd_is_restarted_with_the_new_entry(master):
-    """The plain-mode restart the dhcpd role uses (start-stop-daemon stop, then start), with a real dhcpd
-    that runs only inside the namespace, on its own pid and lease files."""
+    """The plain-mode restart the vm role's net entry point uses (start-stop-daemon stop, then start), with a
+    real dhcpd that runs only inside the namespace, on its own pid and lease files, with dhcpd.conf including
+    the host entries file."""
     master.setup([vm(1)])
     pid_file, leases = master.root / "dhcpd.pid", master.root / "dhcpd.leases"
     leases.touch()
@@ -351,30 +447,41 @@ def test_dhcpd_is_restarted_with_the_new_entry(master):
         ns_run(master.ns, *stop)
 
 
-def test_the_rendering_here_is_what_ansible_writes(tmp_path):
-    """render() above, checked once against Ansible's own template module for both templates."""
+def test_the_roles_write_what_the_module_writes(tmp_path):
+    """The dhcpd and network roles' way (Ansible's copy of a vcl.lab filter's output, the dhcpd.conf template
+    validated by dhcpd -t with the entries it includes) gives the bytes the render functions give, and the
+    template is rendered here as Ansible renders it."""
     vms = [vm(1), vm(20), vm(3)]
+    hosts_file = tmp_path / "dhcpd.vcl-vms.conf"
     playbook = tmp_path / "render.yml"
     playbook.write_text(json.dumps([{
         "name": "Render", "hosts": "localhost", "gather_facts": False,
-        "vars": {**DHCPD_VARS, "dhcpd__hosts": [{"name": f"vm-{v['id']}", "mac": v["mac"], "ip": v["private"]}
-                                                for v in vms],
-                 "network__uplink": "eth0", "network__public_aliases": [v["public"] for v in vms]},
+        "vars": {**DHCPD_VARS, "dhcpd__hosts": entries(vms), "dhcpd__vm_hosts_file": str(hosts_file),
+                 "dhcpd__include_file": str(hosts_file),
+                 "network__public_aliases": [{"id": v["id"], "public": v["public"]} for v in vms]},
         "tasks": [
-            {"name": "DHCP", "ansible.builtin.template": {"src": str(DHCPD_TEMPLATE), "dest": str(tmp_path / "d")}},
-            {"name": "Aliases", "ansible.builtin.template": {"src": str(ALIASES_TEMPLATE),
-                                                             "dest": str(tmp_path / "a")}},
+            {"name": "Host entries", "ansible.builtin.copy": {
+                "content": "{{ dhcpd__hosts | vcl.lab.vcl_dhcpd_hosts_file }}", "dest": str(hosts_file)}},
+            {"name": "dhcpd.conf", "ansible.builtin.template": {
+                "src": str(DHCPD_TEMPLATE), "dest": str(tmp_path / "dhcpd.conf"),
+                "validate": f"{DHCPD} -t -4 -cf %s"}},
+            {"name": "Aliases", "ansible.builtin.copy": {
+                "content": "{{ item | vcl.lab.vcl_vm_alias_file('eth0') }}",
+                "dest": str(tmp_path) + "/{{ item.id | vcl.lab.vcl_vm_alias_name }}"},
+             "loop": "{{ network__public_aliases }}"},
         ],
     }]))  # fmt: skip
-    env = {**os.environ, "ANSIBLE_FILTER_PLUGINS": str(REPO / "roles/dhcpd/filter_plugins"), "ANSIBLE_NOCOLOR": "1"}
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
          "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
-        cwd=REPO, env=env, text=True, capture_output=True, timeout=300,
+        cwd=REPO, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}, text=True, capture_output=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (tmp_path / "d").read_text() == dhcpd_conf(vms)
-    assert (tmp_path / "a").read_text() == aliases_file(vms)
+    assert hosts_file.read_text() == render_dhcp_hosts(entries(vms))
+    assert (tmp_path / "dhcpd.conf").read_text() == dhcpd_conf(hosts_file, hosts_file)
+    assert (tmp_path / "dhcpd.conf").read_text().endswith(f'\ninclude "{hosts_file}";\n')
+    for v in vms:
+        assert (tmp_path / f"vcl-vm-{v['id']}").read_text() == render_alias(v["id"], "eth0", v["public"])
 
 
 def test_a_launch_and_a_release_forget_the_old_mac_of_the_private_address(master):

@@ -1,6 +1,7 @@
 # Copyright: the VCL project
 # Apache License 2.0 (see pyproject.toml)
-"""Filters of the dhcpd role: check its inputs and write subnets as dhcpd.conf wants them.
+"""Filters of the dhcpd role (used as ``vcl.lab.<name>``): check its inputs, write subnets as dhcpd.conf wants
+them, and render the VMs' host entries file with the one function vcl_vm_net uses too.
 
 Python's ``ipaddress`` does the address arithmetic that ansible-core's Jinja cannot (there is no
 ansible.utils here), so the role can refuse a bad entry, naming it, before anything changes.
@@ -12,12 +13,18 @@ import ipaddress
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_vm_files import (
+    IFNAME_RE,
+    MAC_RE,
+    NAME_RE,
+    VmFileError,
+    dhcp_candidate_path,
+    dhcp_check_path,
+    dhcp_include,
+    render_dhcp_hosts,
+)
 
-MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-# A bare dhcpd.conf token: no quoting needed, nothing that could end the declaration.
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 OPTION_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
 
 def _network(value, field: str) -> ipaddress.IPv4Network:
@@ -124,6 +131,39 @@ def vcl_dhcpd_errors(hosts, subnet, gateway, shared=(), options=None, interfaces
     return errors
 
 
+def vcl_dhcpd_hosts_file(hosts) -> str:
+    """The VMs' host entries file for HOSTS ({name, mac, ip}): what vcl_vm_net writes for the same VMs."""
+    try:
+        return render_dhcp_hosts(hosts)
+    except VmFileError as err:
+        raise AnsibleFilterError(f"dhcpd__hosts: {err}") from None
+
+
+def vcl_dhcpd_include(path) -> str:
+    """The dhcpd.conf statement that includes PATH: `include "PATH";`."""
+    try:
+        return dhcp_include(path)
+    except VmFileError as err:
+        raise AnsibleFilterError(str(err)) from None
+
+
+def vcl_dhcpd_candidate(hosts_file) -> str:
+    """Where a candidate of the hosts file is checked before it replaces the live one."""
+    return dhcp_candidate_path(hosts_file)
+
+
+def vcl_dhcpd_check_config(hosts_file) -> str:
+    """The check config: dhcpd.conf including the candidate of the hosts file (`dhcpd -t -cf` it)."""
+    return dhcp_check_path(hosts_file)
+
+
 class FilterModule:
     def filters(self):
-        return {"vcl_dhcpd_errors": vcl_dhcpd_errors, "vcl_dhcpd_network": vcl_dhcpd_network}
+        return {
+            "vcl_dhcpd_errors": vcl_dhcpd_errors,
+            "vcl_dhcpd_network": vcl_dhcpd_network,
+            "vcl_dhcpd_hosts_file": vcl_dhcpd_hosts_file,
+            "vcl_dhcpd_include": vcl_dhcpd_include,
+            "vcl_dhcpd_candidate": vcl_dhcpd_candidate,
+            "vcl_dhcpd_check_config": vcl_dhcpd_check_config,
+        }
