@@ -1,21 +1,30 @@
-"""Run one of the project's playbooks through ansible-runner, as AWX would, and read its outcome.
+"""Run one of the collection's playbooks through ansible-runner, as AWX would, and read its outcome.
 
-The playbooks are the source of truth (``playbooks/reserve.yml``, ``launch.yml``, ``dispatch.yml``...);
-the `vcl` command only submits them. Each lifecycle playbook ends with
-``ansible.builtin.set_stats: {data: {vcl_result: {...}}, per_host: false}``: ansible-runner hands that
-back in the ``artifact_data`` of the ``playbook_on_stats`` event, and ``run()`` returns it as
+The playbooks are the source of truth (``vcl.lab.reserve``, ``vcl.lab.launch``, ``vcl.lab.dispatch``...:
+playbooks/<name>.yml of the collection vcl.lab); the `vcl` command only submits them. Each lifecycle playbook
+ends with ``ansible.builtin.set_stats: {data: {vcl_result: {...}}, per_host: false}``: ansible-runner hands
+that back in the ``artifact_data`` of the ``playbook_on_stats`` event, and ``run()`` returns it as
 ``RunResult.vcl_result``.
 
-How the project's ``ansible.cfg`` is honoured: ansible-runner starts ``ansible-playbook`` with the
-project directory as its working directory, and ``ANSIBLE_CONFIG`` is set to ``<project>/ansible.cfg``
-as well (so an ``ANSIBLE_CONFIG`` in the caller's environment cannot replace it). Ansible resolves the
-relative paths in that file (``library``, ``roles_path``, ``inventory``...) against the file's directory.
-No ``-i`` is passed unless an inventory is named: ansible.cfg's ``inventory`` decides.
+The project is the directory ansible-playbook runs in: it holds the ``ansible.cfg`` that counts (the
+checkout's root, or for example the master's /opt/vcl/project). ansible-runner starts ``ansible-playbook``
+there and ``ANSIBLE_CONFIG`` is set to ``<project>/ansible.cfg`` as well (so an ``ANSIBLE_CONFIG`` in the
+caller's environment cannot replace it); Ansible resolves the relative paths in that file (``inventory``,
+``collections_path``...) against the file's directory. No ``-i`` is passed unless an inventory is named.
+
+A playbook is named by FQCN, ``vcl.lab.<name>``, and ansible-playbook finds the collection through
+``ANSIBLE_COLLECTIONS_PATH``, which ``run()`` sets to the project's ``collections_path`` (Ansible's default
+paths when its ansible.cfg names none), then, when this vcl runs from a checkout, the checkout's
+``collections/`` (where ``ansible_collections/vcl/lab`` links to the checkout): the installed collection
+and the checkout both work, the project's own first. A playbook file inside the project
+(``playbooks/x.yml``) is run by its path.
 """
 
 from __future__ import annotations
 
+import configparser
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -28,6 +37,7 @@ from .errors import VclError
 # The environment variables a playbook run inherits explicitly (besides the caller's whole environment,
 # which ansible-runner copies): where the lab database is and the simulated clock.
 PASSED_ENV = ("VCL_DB_URL", "VCL_NOW", "VCL_ACTOR")
+_PLAYBOOK_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class RunnerError(VclError):
@@ -65,7 +75,12 @@ class RunResult:
                 "failures": [f.to_json() for f in self.failures], "vcl_result": self.vcl_result}
 
 
-# --- the project --------------------------------------------------------------------------------
+# --- the project and the collection ---------------------------------------------------------------
+
+COLLECTION = "vcl.lab"
+# Where Ansible looks for collections when ansible.cfg names no collections_path.
+DEFAULT_COLLECTIONS_PATH = ("~/.ansible/collections", "/usr/share/ansible/collections")
+
 
 def project_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The project to run from: ``explicit`` (``--project``), else the checkout vcl runs from."""
@@ -77,31 +92,84 @@ def project_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         root = repo_root()
         if root is None:
             raise RunnerError("no project: this vcl is not running from a checkout; pass --project DIR"
-                              " (a VCL project: ansible.cfg, playbooks/, roles/, plugins/)")
+                              " (a directory with the ansible.cfg to run the collection vcl.lab's playbooks with)")
         path = root.resolve()
     if not path.is_dir():
         raise RunnerError(f"project {path}: no such directory")
     if not (path / "ansible.cfg").is_file():
         raise RunnerError(f"project {path}: not a VCL project (no ansible.cfg)")
-    if not (path / "playbooks").is_dir():
-        raise RunnerError(f"project {path}: not a VCL project (no playbooks/ directory)")
     return path
 
 
+def _configured_collections_path(project: Path) -> list[Path]:
+    """The ``collections_path`` of the project's ansible.cfg (relative entries against the project), or
+    Ansible's default paths when it names none."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    try:
+        parser.read(project / "ansible.cfg", encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as err:
+        raise RunnerError(f"project {project}: ansible.cfg cannot be read ({' '.join(str(err).split())})") from None
+    value = None
+    for key in ("collections_path", "collections_paths"):  # the second is the older spelling
+        if parser.has_option("defaults", key):
+            value = parser.get("defaults", key)
+            break
+    entries = value.split(os.pathsep) if value is not None else list(DEFAULT_COLLECTIONS_PATH)
+    return [project / Path(os.path.expandvars(entry.strip())).expanduser() for entry in entries if entry.strip()]
+
+
+def collections_path(project: Path) -> list[Path]:
+    """Where ansible-playbook looks for collections in a run from ``project``: the project's own
+    collections_path, then this checkout's ``collections/`` when vcl runs from one (no duplicates)."""
+    from .paths import repo_root
+
+    paths = _configured_collections_path(project)
+    root = repo_root()
+    if root is not None:
+        paths.append(root / "collections")
+    unique: dict[Path, None] = {}
+    for path in paths:
+        unique.setdefault(Path(os.path.normpath(path)), None)
+    return list(unique)
+
+
+def collection_dir(project: Path) -> Path | None:
+    """The collection vcl.lab that a run from ``project`` uses (the first on its collections path)."""
+    namespace, name = COLLECTION.split(".")
+    for path in collections_path(project):
+        base = path if path.name == "ansible_collections" else path / "ansible_collections"
+        candidate = base / namespace / name
+        if (candidate / "playbooks").is_dir():
+            return candidate
+    return None
+
+
 def available_playbooks(project: Path) -> list[str]:
-    return sorted(p.stem for p in (project / "playbooks").glob("*.yml"))
+    collection = collection_dir(project)
+    if collection is None:
+        return []
+    return sorted(p.stem for p in (collection / "playbooks").glob("*.yml"))
 
 
 def resolve_playbook(project: Path, name: str) -> str:
-    """``reserve`` → ``playbooks/reserve.yml`` (a path inside the project is accepted too); the path
-    relative to the project, which is the playbook's working directory."""
-    candidates = [project / "playbooks" / f"{name}.yml", project / "playbooks" / name, project / name]
-    for candidate in candidates:
-        path = candidate.resolve()
+    """``reserve`` (or ``reserve.yml``, ``vcl.lab.reserve``) → ``vcl.lab.reserve`` when the collection has
+    playbooks/reserve.yml; a playbook file inside the project (``playbooks/x.yml``) → that path, relative
+    to the project, which is the playbook's working directory."""
+    stem = name.removeprefix(f"{COLLECTION}.")
+    stem = stem[:-4] if stem.endswith(".yml") else stem
+    collection = collection_dir(project)
+    if collection is not None and _PLAYBOOK_NAME.match(stem) and (collection / "playbooks" / f"{stem}.yml").is_file():
+        return f"{COLLECTION}.{stem}"
+    if "/" in name:
+        path = (project / name).resolve()
         if path.is_file() and path.suffix in (".yml", ".yaml") and path.is_relative_to(project):
             return str(path.relative_to(project))
+    if collection is None:
+        searched = os.pathsep.join(str(p) for p in collections_path(project))
+        raise RunnerError(f"playbook {name!r}: the collection {COLLECTION} is not installed where a run from"
+                          f" {project} looks ({searched})")
     known = ", ".join(available_playbooks(project)) or "none"
-    raise RunnerError(f"playbook {name!r}: no playbooks/{name}.yml in {project} (available: {known})")
+    raise RunnerError(f"playbook {name!r}: no {COLLECTION}.{stem} in {collection} (available: {known})")
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -190,8 +258,9 @@ def run(
     timeout: int | None = None,
     envvars: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Run ``playbooks/<playbook>.yml`` of the project through ansible-runner; progress lines go to
-    ``progress`` (stderr by default) as events arrive. Never raises on a failed play: read the result."""
+    """Run the playbook ``vcl.lab.<playbook>`` (or a playbook file of the project) from the project through
+    ansible-runner; progress lines go to ``progress`` (stderr by default) as events arrive. Never raises on a
+    failed play: read the result."""
     try:
         import ansible_runner
     except ImportError as err:  # pragma: no cover - a dependency of vcl-sched
@@ -200,6 +269,7 @@ def run(
     root = project_dir(project)
     path = resolve_playbook(root, playbook)
     env = {"PATH": _venv_path(), "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+           "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(str(p) for p in collections_path(root)),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     env.update({k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)})
     env.update(envvars or {})

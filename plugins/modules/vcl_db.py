@@ -1,5 +1,6 @@
-#!/usr/bin/python
-"""Create or migrate the lab database and set its lab-wide settings (runs on the controller)."""
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Documentation of the vcl_db action plugin (plugins/action/vcl_db.py does the work, on the controller)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ DOCUMENTATION = r"""
 module: vcl_db
 short_description: Create or upgrade the VCL lab database and apply settings from the inventory
 description:
-  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
+  - An action plugin (plugins/action/vcl_db.py) that runs on the controller, in the Python of ansible-playbook
+    itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - Brings the schema to the newest revision (keeping data) and sets the given settings, for example the
     address pools and MAC prefix from the inventory. Reports changed only when something was written.
+  - A database on another host is reached through O(db_url); on the master itself, its own installation's
+    C(vcl db init --json) and C(vcl config set KEY=VALUE --json) do the same work.
 options:
   db_url:
     description: SQLAlchemy URL of the lab database; defaults to C(VCL_DB_URL), then the embedded SQLite file.
@@ -19,16 +23,39 @@ options:
       - Settings to apply (C(vcl config show) lists them), for example C(private_pool), C(public_pool), C(mac_prefix).
     type: dict
     default: {}
-author: VCL
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.conn
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  become:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: full
+  connection:
+    support: none
+  delegation:
+    support: none
+    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
 - name: Create the lab database
-  vcl_db:
+  vcl.lab.vcl_db:
     settings:
       private_pool: 10.0.1.16-10.0.1.254
       public_pool: 10.0.0.160-10.0.0.223
-  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -40,49 +67,13 @@ settings:
   description: All settings after the run.
   returned: success
   type: dict
+updated:
+  description: The names of the settings this run changed.
+  returned: success
+  type: list
+  elements: str
+url:
+  description: The database's URL, without its password.
+  returned: success
+  type: str
 """
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-
-def main():
-    module = AnsibleModule(
-        argument_spec={"db_url": {"type": "str"}, "settings": {"type": "dict", "default": {}}},
-        supports_check_mode=True,
-    )
-    try:
-        from vcl_sched import config, db, service
-        from vcl_sched.errors import VclError
-    except ImportError as err:
-        module.fail_json(msg=f"vcl_db needs the vcl_sched package in the controller's Python ({err})")
-    url = module.params["db_url"] or None
-    try:
-        before = db.current_revision(url)
-        head = db.head_revision()
-        changed = before != head
-        if changed and not module.check_mode:
-            service.init(url)
-        current = {}
-        if not changed or not module.check_mode:
-            with db.read(url) as session:
-                current = db.load_settings(session).to_json()
-        flat = dict(current)
-        flat.update({f"booking.{k}": v for k, v in current.get("booking", {}).items()})
-        updates = {k: str(v) for k, v in module.params["settings"].items() if str(flat.get(k)) != str(v)}
-        if updates:
-            changed = True
-            if not module.check_mode:
-                current = service.configure(updates, url)
-        module.exit_json(
-            changed=changed,
-            revision=head if not module.check_mode else before,
-            settings=current,
-            updated=sorted(updates),
-            url=config.safe_url(url or config.db_url()),
-        )
-    except VclError as err:
-        module.fail_json(msg=str(err))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
-#!/usr/bin/python
-"""Register an image of the master's image store in the lab database (runs on the controller)."""
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Documentation of the vcl_image action plugin (plugins/action/vcl_image.py does the work, on the controller)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ DOCUMENTATION = r"""
 module: vcl_image
 short_description: Declare a VCL image (disk, optional kernel, ramdisk and cmdline) in the lab database
 description:
-  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
+  - An action plugin (plugins/action/vcl_image.py) that runs on the controller, in the Python of ansible-playbook
+    itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - Adds the image, or brings a registered one to the given values; reports changed only when it wrote something.
   - Paths are absolute paths in the master's image store; slaves cache the files at the same paths.
 options:
@@ -47,18 +49,41 @@ options:
     description: Disk in GiB a VM of this image takes on its slave.
     type: int
     default: 2
-author: VCL
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.conn
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  become:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: none
+  connection:
+    support: none
+  delegation:
+    support: none
+    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
 - name: Declare the test guest
-  vcl_image:
+  vcl.lab.vcl_image:
     name: vcl-guest
     disk: /var/lib/vcl/images/vcl-guest/disk.qcow2
     kernel: /var/lib/vcl/images/vcl-guest/vmlinux
     ramdisk: /var/lib/vcl/images/vcl-guest/initrd.img
     cmdline: console=ttyS0 panic=-1
-  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -67,41 +92,3 @@ image:
   returned: success
   type: dict
 """
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "db_url": {"type": "str"},
-            "name": {"type": "str", "required": True},
-            "description": {"type": "str", "default": ""},
-            "disk": {"type": "path", "required": True},
-            "kernel": {"type": "path"},
-            "ramdisk": {"type": "path"},
-            "cmdline": {"type": "str"},
-            "cores": {"type": "int", "default": 1},
-            "ram_mb": {"type": "int", "default": 512},
-            "disk_gb": {"type": "int", "default": 2},
-        },
-        supports_check_mode=False,
-    )
-    try:
-        from vcl_sched import service
-        from vcl_sched.errors import VclError
-    except ImportError as err:
-        module.fail_json(msg=f"vcl_image needs the vcl_sched package in the controller's Python ({err})")
-    p = module.params
-    try:
-        row, changed = service.ensure_image(
-            p["name"], p["disk"], description=p["description"], kernel=p["kernel"], ramdisk=p["ramdisk"],
-            cmdline=p["cmdline"], cores=p["cores"], ram_mb=p["ram_mb"], disk_gb=p["disk_gb"],
-            url=p["db_url"] or None)
-    except VclError as err:
-        module.fail_json(msg=str(err), field=getattr(err, "field", None))
-    module.exit_json(changed=changed, image=row)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
-#!/usr/bin/python
-"""One step of a VM's life in the lab database, as the lifecycle playbooks take it (runs on the controller)."""
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Documentation of the vcl_instance action plugin (plugins/action/vcl_instance.py does the work, on the controller)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ DOCUMENTATION = r"""
 module: vcl_instance
 short_description: Record a step of a VCL VM's life in the lab database, or ask the scheduler what to do
 description:
-  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
+  - An action plugin (plugins/action/vcl_instance.py) that runs on the controller, in the Python of ansible-playbook
+    itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - The playbooks act on the hosts; this module records each step (C(vcl_sched.lifecycle)) and takes the decisions.
   - C(describe) returns what the playbooks need to act on an instance (slave, addresses, image files).
   - C(place) chooses a slave and claims cores, RAM, disk, a MAC and an address pair in one transaction (a
     best-effort request keeps the claim it got when accepted), never on a slave listed in O(exclude).
   - C(unplace) gives a failed launch's claim back; C(running) and C(failed) record a launch's outcome.
   - C(suspended) and C(resumed) record libvirt managedsave and its restore (cores and RAM freed or claimed again).
-  - C(stopped) releases everything (idempotent: an instance that already ended reports no change).
+  - C(stopped) releases everything; it is idempotent (an instance that already ended reports no change).
   - C(start_due) turns accepted reservations whose window began into pending instances; C(dispatch_plan) says
     which instances a dispatch run stops, suspends, launches and resumes, in that order.
   - C(reconcile) compares the database with O(observed) (what libvirt reports per slave).
@@ -46,19 +48,42 @@ options:
     default: ""
   observed:
     description:
-      - With C(reconcile), per slave name C({reachable, domains {name: state}, facts {cores, ram_mb, disk_gb}}).
+      - "With C(reconcile), per slave name C({reachable, domains {name: state}, facts {cores, ram_mb, disk_gb}})."
     type: dict
     default: {}
-author: VCL
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.conn
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  become:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: full
+  connection:
+    support: none
+  delegation:
+    support: none
+    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
 - name: Claim a slave and addresses for instance 42
-  vcl_instance:
+  vcl.lab.vcl_instance:
     action: place
     id: 42
     exclude: [slave1]
-  delegate_to: localhost
   register: launch__register_claim
 """
 
@@ -83,73 +108,3 @@ reconciled:
   returned: with reconcile
   type: dict
 """
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-ACTIONS = ["describe", "place", "unplace", "running", "failed", "suspended", "resumed", "stopped", "start_due",
-           "dispatch_plan", "reconcile"]
-NEEDS_ID = set(ACTIONS) - {"start_due", "dispatch_plan", "reconcile"}
-READ_ONLY = {"describe", "dispatch_plan"}
-
-
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "db_url": {"type": "str"},
-            "action": {"type": "str", "required": True, "choices": ACTIONS},
-            "id": {"type": "raw"},
-            "exclude": {"type": "list", "elements": "str", "default": []},
-            "console_port": {"type": "raw"},
-            "reason": {"type": "str", "default": ""},
-            "observed": {"type": "dict", "default": {}},
-        },
-        supports_check_mode=True,
-    )
-    try:
-        from vcl_sched import lifecycle
-        from vcl_sched.errors import VclError
-    except ImportError as err:
-        module.fail_json(msg=f"vcl_instance needs the vcl_sched package in the controller's Python ({err})")
-    p = module.params
-    action = p["action"]
-    url = p["db_url"] or None
-    if action in NEEDS_ID and p["id"] in (None, ""):
-        module.fail_json(msg=f"id: action {action} needs the instance id")
-    try:
-        if module.check_mode and action not in READ_ONLY:
-            if action in NEEDS_ID:
-                module.exit_json(changed=True, instance=lifecycle.describe(p["id"], url))
-            module.exit_json(changed=True)
-        if action == "describe":
-            module.exit_json(changed=False, instance=lifecycle.describe(p["id"], url))
-        if action == "place":
-            row = lifecycle.place(p["id"], p["exclude"], url)
-            module.exit_json(changed=row["placed"] == "claimed", instance=row)
-        if action == "unplace":
-            module.exit_json(changed=True, instance=lifecycle.unplace(p["id"], p["reason"], url))
-        if action in ("running", "failed", "suspended", "resumed"):
-            if action == "running":
-                row = lifecycle.mark_running(p["id"], p["console_port"], url)
-            elif action == "failed":
-                row = lifecycle.mark_failed(p["id"], p["reason"], url)
-            else:
-                row = lifecycle.suspended(p["id"], action == "suspended", url)
-            module.exit_json(changed=row.pop("changed"), instance=row)
-        if action == "stopped":
-            row = lifecycle.stop(p["id"], url=url)
-            module.exit_json(changed=row.pop("changed"), instance=row)
-        if action == "start_due":
-            started = lifecycle.start_due_reservations(url=url)
-            module.exit_json(changed=bool(started), started=started)
-        if action == "dispatch_plan":
-            module.exit_json(changed=False, plan=lifecycle.dispatch_plan(url=url))
-        if action == "reconcile":
-            result = lifecycle.reconcile(p["observed"], url)
-            changed = any(result[k] for k in ("lost", "down", "up", "capacity"))
-            module.exit_json(changed=changed, reconciled=result)
-    except VclError as err:
-        module.fail_json(msg=str(err), field=getattr(err, "field", None))
-
-
-if __name__ == "__main__":
-    main()

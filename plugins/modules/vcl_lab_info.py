@@ -1,5 +1,6 @@
-#!/usr/bin/python
-"""Read what the master's network services must carry from the lab database (runs on the controller)."""
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Documentation of the vcl_lab_info action plugin (plugins/action/vcl_lab_info.py does the work, on the controller)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ DOCUMENTATION = r"""
 module: vcl_lab_info
 short_description: The VMs' addresses from the VCL lab database, shaped for the dhcpd, nat and network roles
 description:
-  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
+  - An action plugin (plugins/action/vcl_lab_info.py) that runs on the controller, in the Python of ansible-playbook
+    itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - Reads the instances that hold addresses (pending, running, suspended) and returns them as the dependent
     variables of the roles C(dhcpd) (host entries), C(nat) (one DNAT chain per VM) and C(network) (public aliases).
   - Reads only; never changes anything.
@@ -15,18 +17,46 @@ options:
   db_url:
     description: SQLAlchemy URL of the lab database; defaults to C(VCL_DB_URL), then the embedded SQLite file.
     type: str
-author: VCL
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.conn
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  become:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: full
+  connection:
+    support: none
+  delegation:
+    support: none
+    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
 - name: Read the VMs' addresses
-  vcl_lab_info:
-  delegate_to: localhost
+  vcl.lab.vcl_lab_info:
   run_once: true
   register: site__register_lab
 """
 
 RETURN = r"""
+instances:
+  description: The instances that hold addresses (pending, running, suspended), as C(vcl list --json) shows them.
+  returned: success
+  type: list
+  elements: dict
 dhcp_hosts:
   description: One C({name, mac, ip}) per VM, for C(dhcpd__hosts).
   returned: success
@@ -38,35 +68,8 @@ dnat:
   type: list
   elements: dict
 public_aliases:
-  description: The VMs' public addresses, for C(network__public_aliases).
+  description: One C({id, public}) per VM, for C(network__public_aliases) (one alias file per VM, named by its id).
   returned: success
   type: list
-  elements: str
+  elements: dict
 """
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-
-def main():
-    module = AnsibleModule(argument_spec={"db_url": {"type": "str"}}, supports_check_mode=True)
-    try:
-        from vcl_sched import service
-        from vcl_sched.errors import VclError
-    except ImportError as err:
-        module.fail_json(msg=f"vcl_lab_info needs the vcl_sched package in the controller's Python ({err})")
-    try:
-        rows = service.list_instances(module.params["db_url"] or None)
-    except VclError as err:
-        module.fail_json(msg=str(err))
-    held = [r for r in rows if r["mac"] and r["private_ip"] and r["public_ip"]]
-    module.exit_json(
-        changed=False,
-        instances=held,
-        dhcp_hosts=[{"name": f"vm-{r['id']}", "mac": r["mac"], "ip": r["private_ip"]} for r in held],
-        dnat=[{"id": r["id"], "public": r["public_ip"], "private": r["private_ip"]} for r in held],
-        public_aliases=[r["public_ip"] for r in held],
-    )
-
-
-if __name__ == "__main__":
-    main()

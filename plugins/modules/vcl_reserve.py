@@ -1,5 +1,6 @@
-#!/usr/bin/python
-"""Record a reservation or a best-effort request through the scheduler (runs on the controller)."""
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Documentation of the vcl_reserve action plugin (plugins/action/vcl_reserve.py does the work, on the controller)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ DOCUMENTATION = r"""
 module: vcl_reserve
 short_description: Submit a VCL reservation (a window later) or a best-effort request (now)
 description:
-  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
+  - An action plugin (plugins/action/vcl_reserve.py) that runs on the controller, in the Python of ansible-playbook
+    itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - >-
     With O(start=now) the request is best effort (SPEC §3), placed and its cores, RAM, disk, MAC and address
     pair claimed in one transaction, or queued with the preemption plan, or refused with the reason.
@@ -61,19 +63,42 @@ options:
   disk_gb:
     description: Disk in GiB (best effort only; default the image's).
     type: raw
-author: VCL
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.conn
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  become:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: full
+  connection:
+    support: none
+  delegation:
+    support: none
+    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
 - name: Ask for a VM now
-  vcl_reserve:
+  vcl.lab.vcl_reserve:
     owner: cs101
     cores: 1
     ram_mb: 256
     hours: 2
     start: now
     image: vcl-guest
-  delegate_to: localhost
   register: reserve__register_result
 """
 
@@ -90,56 +115,3 @@ kind:
   returned: success
   type: str
 """
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-SPEC = {
-    "db_url": {"type": "str"},
-    "owner": {"type": "str", "required": True},
-    "user": {"type": "str"},
-    "cores": {"type": "raw", "required": True},
-    "ram_mb": {"type": "raw", "required": True},
-    "hours": {"type": "raw", "required": True},
-    "start": {"type": "str", "default": "now"},
-    "platform_value": {"type": "raw", "default": 5},
-    "register_as_slave": {"type": "raw", "default": 0},
-    "member": {"type": "raw", "default": 0},
-    "image": {"type": "str"},
-    "disk_gb": {"type": "raw"},
-}
-
-
-def main():
-    module = AnsibleModule(argument_spec=SPEC, supports_check_mode=True)
-    try:
-        from vcl_sched import service
-        from vcl_sched.errors import VclError
-    except ImportError as err:
-        module.fail_json(msg=f"vcl_reserve needs the vcl_sched package in the controller's Python ({err})")
-    p = module.params
-    common = {
-        "owner": p["owner"], "cores": p["cores"], "ram_mb": p["ram_mb"], "hours": p["hours"],
-        "platform_value": p["platform_value"], "register_as_slave": p["register_as_slave"], "member": p["member"],
-        "image": p["image"] or None, "user": p["user"] or None, "dry_run": module.check_mode,
-        "url": p["db_url"] or None,
-    }
-    start = (p["start"] or "now").strip()
-    try:
-        if start.lower() == "now":
-            result = service.request(disk_gb=p["disk_gb"], **common)
-            kind = "BE"
-            written = result.get("id") is not None
-        else:
-            if p["disk_gb"] is not None:
-                module.fail_json(msg="disk_gb: only a best-effort request (start=now) takes a disk size;"
-                                     " a reservation uses the image's")
-            result = service.reserve(start=start, **common)
-            kind = "AR"
-            written = result.get("id") is not None
-    except VclError as err:
-        module.fail_json(msg=str(err), field=getattr(err, "field", None))
-    module.exit_json(changed=bool(written), result=result, kind=kind)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
-#!/usr/bin/python
-"""Register a slave in the lab database with its real capacity, drain slaves gone from the inventory,
-or remove one (runs on the controller)."""
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Documentation of the vcl_slave action plugin (plugins/action/vcl_slave.py does the work, on the controller)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ DOCUMENTATION = r"""
 module: vcl_slave
 short_description: Register, drain or remove VCL slaves in the lab database
 description:
-  - Runs where the scheduler runs (the controller, with C(delegate_to=localhost)), with the C(vcl_sched) package.
+  - An action plugin (plugins/action/vcl_slave.py) that runs on the controller, in the Python of ansible-playbook
+    itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - C(state=present) registers the slave, or refreshes its address and total capacity; used counts are never
     touched, and a capacity below what its VMs use is refused naming the field.
   - C(state=drained_unless_listed) marks every registered slave that is not in O(inventory) as draining (no new
@@ -42,18 +43,41 @@ options:
     type: str
     choices: [present, absent, drained_unless_listed]
     default: present
-author: VCL
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.conn
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  become:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: none
+  connection:
+    support: none
+  delegation:
+    support: none
+    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
 - name: Register this slave
-  vcl_slave:
+  vcl.lab.vcl_slave:
     name: "{{ inventory_hostname }}"
     address: "{{ lab_address | split('/') | first }}"
     cores: "{{ ansible_facts.processor_vcpus }}"
     ram_mb: "{{ ansible_facts.memtotal_mb }}"
     disk_gb: 100
-  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -67,50 +91,3 @@ drained:
   type: list
   elements: str
 """
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "db_url": {"type": "str"},
-            "name": {"type": "str"},
-            "address": {"type": "str"},
-            "cores": {"type": "int"},
-            "ram_mb": {"type": "int"},
-            "disk_gb": {"type": "int"},
-            "inventory": {"type": "list", "elements": "str"},
-            "state": {"type": "str", "default": "present", "choices": ["present", "absent", "drained_unless_listed"]},
-        },
-        required_if=[
-            ("state", "present", ("name", "address", "cores", "ram_mb", "disk_gb")),
-            ("state", "absent", ("name",)),
-            ("state", "drained_unless_listed", ("inventory",)),
-        ],
-        supports_check_mode=False,
-    )
-    try:
-        from vcl_sched import registry
-        from vcl_sched.errors import NotFoundError, VclError
-    except ImportError as err:
-        module.fail_json(msg=f"vcl_slave needs the vcl_sched package in the controller's Python ({err})")
-    p = module.params
-    url = p["db_url"] or None
-    try:
-        if p["state"] == "present":
-            result = registry.register_slave(p["name"], p["address"], p["cores"], p["ram_mb"], p["disk_gb"], url)
-        elif p["state"] == "absent":
-            try:
-                result = registry.remove_slave(p["name"], url)
-            except NotFoundError:
-                result = {"changed": False, "removed": None}
-        else:
-            result = registry.drain_absent(p["inventory"], url)
-    except VclError as err:
-        module.fail_json(msg=str(err))
-    module.exit_json(**result)
-
-
-if __name__ == "__main__":
-    main()

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from vcl_lab import machines
+from vcl_lab.playbook import Recap, run_playbook
+from vcl_lab.testing import REPO, Lab, lab_up
 from vcl_sched import config, db, lifecycle, service
-from vcl_sched.lab import machines
-from vcl_sched.lab.playbook import Recap, run_playbook
-from vcl_sched.lab.testing import REPO, Lab, lab_up
 from vcl_sched.models import AddressPair, Slave
 
 pytestmark = pytest.mark.lab
@@ -35,11 +35,16 @@ CONSOLES = Path(os.environ.get("HOME", "/root")) / ".vcl" / "consoles"
 GROUP = "cs101"
 
 
-def play(lab: Lab, db_url: str, name: str, *extra: str, now: str | None = None) -> Recap:
+def play(lab: Lab, db_url: str, name: str, *extra: str, now: str | None = None, fqcn: bool = True) -> Recap:
+    """``ansible-playbook vcl.lab.NAME`` (by FQCN, as `vcl` submits them), or with ``fqcn=False`` by its path
+    (playbooks/NAME.yml, as an admin types it); site is the checkout's site.yml."""
     env = {"VCL_DB_URL": db_url, "HOME": os.environ.get("HOME", "/root")}
     if now:
         env["VCL_NOW"] = now
-    path = REPO / "site.yml" if name == "site" else PLAYBOOKS / f"{name}.yml"
+    if name == "site":
+        path: str | Path = REPO / "site.yml"
+    else:
+        path = f"vcl.lab.{name}" if fqcn else PLAYBOOKS / f"{name}.yml"
     return run_playbook(lab.inventory, path, *extra, cwd=REPO, env=env)
 
 
@@ -52,7 +57,7 @@ def reserve(lab: Lab, db_url: str, *extra: str, now: str | None = None, launch: 
     args = ["-e", f"owner={GROUP}", "-e", "ram_mb=128", "-e", "image=vcl-guest", *extra]
     if not launch:
         args += ["-e", "reserve_no_launch=true"]
-    return play(lab, db_url, "reserve", *args, now=now)
+    return play(lab, db_url, "reserve", *args, now=now, fqcn=False)  # by path; it imports launch.yml
 
 
 def newest(db_url: str) -> dict:
@@ -76,7 +81,7 @@ def marker(lab: Lab, public_ip: str, timeout: float = 120) -> str:
 
 
 def master_state(lab: Lab, vm_id: int) -> dict:
-    conf = lab.ssh("master", "cat", "/etc/dhcp/dhcpd.conf").stdout
+    conf = lab.ssh("master", "cat", "/etc/dhcp/dhcpd.vcl-vms.conf").stdout  # the host entries dhcpd.conf includes
     nat = lab.ssh("master", "iptables", "-t", "nat", "-S").stdout
     addrs = lab.ssh("master", "ip", "-4", "-o", "address", "show").stdout
     return {"dhcp": re.findall(rf"host vm-{vm_id} \{{[^}}]*\}}", conf),
@@ -256,7 +261,7 @@ def test_a_slave_dead_in_the_middle_of_a_launch_leaks_nothing_and_the_vm_lands_e
     state = lab.state()
     machines.finish_stop(state, state.machines[dead], grace=0)
     try:
-        must(play(lab, lifecycle_db, "launch", "-e", f"id={vm['id']}"), "launch.yml")
+        must(play(lab, lifecycle_db, "launch", "-e", f"id={vm['id']}", "-e", "vm__launch_attempts=2"), "launch.yml")
         landed = lifecycle.describe(vm["id"], lifecycle_db)
         assert landed["state"] == "running" and landed["slave"] != dead, landed
         unclaimed = [a for a in service.audit_log(lifecycle_db, 200)

@@ -1,5 +1,5 @@
 """plugins/modules/vcl_domain.py and vcl_domains.py against libvirt's test driver (no daemon), with the real
-qemu-img for overlays and the real playbooks/templates/domain.xml.j2.
+qemu-img for overlays and the real roles/vm/templates/domain.xml.j2.
 
 `test:///default` keeps its state only inside one process, so the stateful tests run the modules in this
 process through Ansible's own test helper (`patch_module_args`); every test uses its own domain names.
@@ -8,8 +8,9 @@ wrapper does (as tests/modules/test_vcl_network.py does)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,17 +27,16 @@ from ansible.module_utils.testing import patch_module_args  # noqa: E402
 pytestmark = pytest.mark.libvirt
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = REPO / "plugins/modules"
-TEMPLATE_DIR = REPO / "playbooks/templates"
+# Modules are imported the collection way (pytest puts collections/ on sys.path; processes get PYTHONPATH).
+PACKAGE = "ansible_collections.vcl.lab.plugins.modules"
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
+TEMPLATE_DIR = REPO / "roles/vm/templates"
 URI = "test:///default"
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # failed look-ups are expected here, not noise
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_vcl_test_{name}", MODULES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"{PACKAGE}.{name}")
 
 
 vcl_domain = _load("vcl_domain")
@@ -55,8 +55,8 @@ def run_process(tmp_path: Path, **args) -> dict:
     """Run vcl_domain as its own process (fresh test driver state), the way Ansible's wrapper does."""
     args_file = tmp_path / f"args-{uuid.uuid4().hex[:6]}.json"
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"uri": URI, **args}}))
-    proc = subprocess.run([sys.executable, str(MODULES / "vcl_domain.py"), str(args_file)],
-                          text=True, capture_output=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", f"{PACKAGE}.vcl_domain", str(args_file)],
+                          text=True, capture_output=True, env=ENV)  # fmt: skip
     return json.loads(proc.stdout)
 
 
@@ -91,11 +91,13 @@ def vm(tmp_path, qemu_img):
     subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
     name = "vcl-t" + uuid.uuid4().hex[:8]
     variables = {
-        "vm_name": name, "vm_domain_type": "qemu", "vm_memory_mb": 128, "vm_vcpus": 1,
-        "vm_overlay": str(tmp_path / f"{name}.qcow2"), "vm_mac": "52:54:00:12:34:56",
-        "vm_serial_log": str(tmp_path / f"{name}.log"), "vm_vnc_listen": "10.0.0.21", "vm_vnc_password": "s3cret",
+        "vm__domain_name": name, "vm__domain_type": "qemu", "vm__domain_memory_mb": 128, "vm__domain_vcpus": 1,
+        "vm__domain_overlay": str(tmp_path / f"{name}.qcow2"), "vm__domain_mac": "52:54:00:12:34:56",
+        "vm__domain_serial_log": str(tmp_path / f"{name}.log"), "vm__domain_vnc_listen": "10.0.0.21",
+        "vm__domain_vnc_password": "s3cret",
     }  # fmt: skip
-    yield {"name": name, "base": str(base), "overlay": variables["vm_overlay"], "log": variables["vm_serial_log"],
+    yield {"name": name, "base": str(base), "overlay": variables["vm__domain_overlay"],
+           "log": variables["vm__domain_serial_log"],
            "vars": variables, "xml": render(**variables)}  # fmt: skip
     conn = libvirt.open(URI)
     try:
@@ -123,18 +125,19 @@ def launch_args(vm: dict) -> dict:
 
 
 def test_template_escapes_every_value_and_defines_with_validation(vm):
-    odd = {"vm_overlay": "/srv/vcl/it's <a> & b.qcow2", "vm_vnc_password": "p'\"<&>", "vm_cmdline": "a=<b> c='d'",
-           "vm_kernel": "/boot/vmlinuz", "vm_initrd": "/boot/initrd.img", "vm_bridge": "vmbr1"}  # fmt: skip
+    odd = {"vm__domain_overlay": "/srv/vcl/it's <a> & b.qcow2", "vm__domain_vnc_password": "p'\"<&>",
+           "vm__domain_cmdline": "a=<b> c='d'", "vm__domain_kernel": "/boot/vmlinuz",
+           "vm__domain_initrd": "/boot/initrd.img", "vm__domain_bridge": "vmbr1"}  # fmt: skip
     xml = render(**{**vm["vars"], **odd})
     root = ET.fromstring(xml)
     assert root.get("type") == "qemu" and root.findtext("name") == vm["name"]
-    assert root.find("devices/disk/source").get("file") == odd["vm_overlay"]
+    assert root.find("devices/disk/source").get("file") == odd["vm__domain_overlay"]
     assert root.find("devices/disk/target").get("bus") == "virtio"
     assert root.find("devices/disk/driver").get("type") == "qcow2"
     graphics = root.find("devices/graphics")
     assert (graphics.get("type"), graphics.get("autoport")) == ("vnc", "yes")
-    assert graphics.get("passwd") == odd["vm_vnc_password"] and graphics.get("listen") == "10.0.0.21"
-    assert root.findtext("os/cmdline") == odd["vm_cmdline"] and root.findtext("os/kernel") == "/boot/vmlinuz"
+    assert graphics.get("passwd") == odd["vm__domain_vnc_password"] and graphics.get("listen") == "10.0.0.21"
+    assert root.findtext("os/cmdline") == odd["vm__domain_cmdline"] and root.findtext("os/kernel") == "/boot/vmlinuz"
     assert root.findtext("os/initrd") == "/boot/initrd.img" and root.find("os/boot") is None
     nic = root.find("devices/interface")
     assert nic.get("type") == "bridge" and nic.find("source").get("bridge") == "vmbr1"
@@ -146,8 +149,8 @@ def test_template_escapes_every_value_and_defines_with_validation(vm):
     dom = libvirt.open(URI).defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
     try:
         live = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
-        assert live.find("devices/graphics").get("passwd") == odd["vm_vnc_password"]
-        assert live.find("devices/disk/source").get("file") == odd["vm_overlay"]
+        assert live.find("devices/graphics").get("passwd") == odd["vm__domain_vnc_password"]
+        assert live.find("devices/disk/source").get("file") == odd["vm__domain_overlay"]
     finally:
         dom.undefine()
 
@@ -165,10 +168,10 @@ def test_template_without_kernel_boots_from_the_disk_on_br0(vm):
 def test_template_refuses_a_vnc_console_without_a_usable_password(vm, password, error):
     variables = dict(vm["vars"])
     if password is None:
-        del variables["vm_vnc_password"]
+        del variables["vm__domain_vnc_password"]
     else:
-        variables["vm_vnc_password"] = password
-    with pytest.raises(jinja2.UndefinedError, match=f"vm_vnc_password_{error}"):
+        variables["vm__domain_vnc_password"] = password
+    with pytest.raises(jinja2.UndefinedError, match=f"vm__domain_vnc_password_{error}"):
         render(**variables)
 
 

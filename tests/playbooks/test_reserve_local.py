@@ -1,7 +1,8 @@
 """reserve.yml and dispatch.yml on the controller alone (no lab): input checks, answers, nothing written on error.
 
-The playbooks run for real (ansible-playbook, the vcl_reserve and vcl_instance modules) against a fresh
-SQLite database; launching needs the lab and is covered by tests/lab/test_lifecycle.py.
+The playbooks run for real (ansible-playbook, the vcl_reserve and vcl_instance actions) against a fresh
+SQLite database, by path (playbooks/reserve.yml) and by FQCN (vcl.lab.reserve); launching needs the lab and is
+covered by tests/lab/test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import json
 
 import pytest
 
+from vcl_lab.playbook import run_playbook
+from vcl_lab.testing import REPO
 from vcl_sched import service
-from vcl_sched.lab.playbook import run_playbook
-from vcl_sched.lab.testing import REPO
 
 
 @pytest.fixture
@@ -27,13 +28,13 @@ def pool(tmp_path, monkeypatch):
     return url, inventory
 
 
-def play(pool, name, *pairs, now="2026-11-22 10:00"):
+def play(pool, name, *pairs, now="2026-11-22 10:00", fqcn=False):
     url, inventory = pool
     extra = []
     for pair in pairs:
         extra += ["-e", pair]
-    return run_playbook(inventory, REPO / "playbooks" / f"{name}.yml", *extra, cwd=REPO,
-                        env={"VCL_DB_URL": url, "VCL_NOW": now})
+    playbook = f"vcl.lab.{name}" if fqcn else REPO / "playbooks" / f"{name}.yml"
+    return run_playbook(inventory, playbook, *extra, cwd=REPO, env={"VCL_DB_URL": url, "VCL_NOW": now})
 
 
 def state(url):
@@ -72,9 +73,10 @@ def test_a_missing_required_field_is_named(pool):
     assert not recap.ok and "ram_mb: required" in recap.stdout
 
 
-def test_best_effort_request_is_placed_and_printed(pool):
+@pytest.mark.parametrize("fqcn", [False, True], ids=["path", "fqcn"])
+def test_best_effort_request_is_placed_and_printed(pool, fqcn):
     url, _ = pool
-    recap = play(pool, "reserve", *BASE)
+    recap = play(pool, "reserve", *BASE, fqcn=fqcn)
     assert recap.ok, recap.stdout[-3000:]
     vm = service.list_instances(url)[0]
     assert vm["state"] == "pending" and vm["slave"] == "s1" and vm["mac"].startswith("52:54:00")
@@ -99,16 +101,53 @@ def test_advance_reservation_is_accepted_or_refused_with_the_reason(pool):
     assert [r["state"] for r in sorted(rows, key=lambda r: r["id"])] == ["accepted", "accepted", "refused"]
 
 
-def test_dispatch_starts_a_due_reservation_and_reports_what_waits(pool):
+@pytest.mark.parametrize("fqcn", [False, True], ids=["path", "fqcn"])
+def test_dispatch_starts_a_due_reservation_and_reports_what_waits(pool, fqcn):
     url, _ = pool
     assert play(pool, "reserve", "owner=cs", "cores=2", "ram_mb=256", "hours=2",
-                json.dumps({"start": "2026-11-23 10:00"})).ok
-    recap = play(pool, "dispatch", now="2026-11-23 09:00")
+                json.dumps({"start": "2026-11-23 10:00"}), fqcn=fqcn).ok
+    recap = play(pool, "dispatch", now="2026-11-23 09:00", fqcn=fqcn)
     assert recap.ok and service.list_instances(url) == []
-    # Due: the instance is created; with no master in the inventory the launch stops before any claim.
-    recap = play(pool, "dispatch", now="2026-11-23 10:00")
+    # Due: the instance is created; with no master in the inventory the launch (the vcl.lab.vm role's
+    # entry point) stops before any claim.
+    recap = play(pool, "dispatch", now="2026-11-23 10:00", fqcn=fqcn)
     rows = service.list_instances(url, include_all=True)
     assert len(rows) == 1 and rows[0]["kind"] == "AR"
     assert not recap.ok and "vcl_master: the inventory must have exactly one host" in recap.stdout
     assert rows[0]["state"] == "pending" and rows[0]["slave"] is None
     assert service.list_slaves(url)[0]["cores_used"] == 0
+
+
+@pytest.mark.parametrize(("name", "pairs", "needle"), [
+    ("launch", (), "id: expected the instance id to launch (-e id=N), got nothing"),
+    ("launch", ("id=4x",), "id: expected the instance id to launch (-e id=N), got 4x"),
+    ("stop", ("ids=1,x",), "id: expected instance ids (-e id=N or -e ids=N,M), got 1,x"),
+    ("suspend", (), "id: expected instance ids"),
+    ("resume", ("id=",), "id: expected instance ids"),
+])
+def test_lifecycle_playbooks_check_their_ids_before_anything(pool, name, pairs, needle):
+    url, _ = pool
+    before = state(url)
+    recap = play(pool, name, *pairs, fqcn=True)
+    assert not recap.ok and needle in recap.stdout, recap.stdout[-3000:]
+    assert "vcl.lab.vm" not in recap.stdout  # the role was never entered
+    assert state(url) == before
+
+
+def test_an_unknown_instance_is_named_by_the_role(pool):
+    recap = play(pool, "stop", "id=99", fqcn=True)
+    assert not recap.ok and "id: no instance 99" in recap.stdout, recap.stdout[-3000:]
+    recap = play(pool, "suspend", "ids=98", fqcn=True)
+    assert not recap.ok and "id: no instance 98" in recap.stdout, recap.stdout[-3000:]
+
+
+@pytest.mark.parametrize(("pair", "needle"), [
+    ("vm__launch_attempts=2", "vcl_master: the inventory must have exactly one host"),  # valid: on to the next check
+    ("launch_attempts=1", "vcl_master: the inventory must have exactly one host"),  # the former name still works
+    ("vm__launch_attempts=5", "value of vm__launch_attempts must be one of: 1, 2, 3, got: 5"),
+    ("launch_attempts=x", "argument 'vm__launch_attempts' is of type str and we were unable to convert to int"),
+    ("vm__launch_poll_interval=soon", "argument 'vm__launch_poll_interval' is of type str"),
+])
+def test_the_launch_entry_points_knobs_are_checked_naming_them(pool, pair, needle):
+    recap = play(pool, "launch", "id=1", pair, fqcn=True)
+    assert not recap.ok and needle in recap.stdout, recap.stdout[-3000:]

@@ -1,30 +1,33 @@
 """vcl_sched.runner and the `vcl run` / `--run` commands: real playbooks through ansible-runner.
 
-The playbooks are tests/runner_playbooks/ (localhost only, connection local, plus one host on a closed
-port for the unreachable case), copied into a temporary project with its own ansible.cfg, inventory and
-module, so these tests read nothing of the checkout's playbooks and never reach a lab.
+The playbooks are tests/runner_playbooks/, a stand-in for the collection vcl.lab (localhost only, connection
+local, plus one host on a closed port for the unreachable case) with its own module, module_utils and role,
+copied into a temporary project with its own ansible.cfg and inventory, so these tests read nothing of the
+checkout's playbooks and never reach a lab. The runner runs them by FQCN (vcl.lab.echo), as the real ones;
+a last group runs the checkout's own vcl.lab.reserve against a temporary database.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from vcl_sched import runner
+from vcl_sched import runner, service
 from vcl_sched.cli import EXIT_ERROR, EXIT_NOT_SERVED, EXIT_OK, EXIT_USAGE, main
 
-PLAYBOOKS = Path(__file__).resolve().parents[1] / "runner_playbooks"
+REPO = Path(__file__).resolve().parents[2]
+COLLECTION = Path(__file__).resolve().parents[1] / "runner_playbooks"
 LIFECYCLE = ("reserve", "launch", "suspend", "resume", "stop", "dispatch", "reconcile")
 
+# As the checkout's: the collection under collections/ (a link to the project's root, which is the collection).
 ANSIBLE_CFG = """\
 [defaults]
 inventory = inventory/hosts.yml
-library = plugins/modules
-module_utils = plugins/module_utils
-roles_path = roles
+collections_path = collections
 retry_files_enabled = False
 """
 
@@ -46,33 +49,37 @@ local:
 """
 
 
+def _collection(root: Path) -> None:
+    """The test collection at ``root``, echo.yml also under each lifecycle playbook's name."""
+    shutil.copytree(COLLECTION, root, dirs_exist_ok=True)
+    for name in LIFECYCLE:
+        shutil.copy(COLLECTION / "playbooks" / "echo.yml", root / "playbooks" / f"{name}.yml")
+
+
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """A VCL-shaped project: ansible.cfg naming a relative inventory and module directory, and the test
-    playbooks, echo.yml also under each lifecycle playbook's name."""
+    """A VCL-shaped project, as a checkout is: the collection's root with ansible.cfg naming a relative
+    inventory and collections/ansible_collections/vcl/lab linking back to the root."""
     root = tmp_path / "project"
-    (root / "playbooks").mkdir(parents=True)
+    _collection(root)
     (root / "inventory").mkdir()
-    shutil.copytree(PLAYBOOKS / "library", root / "plugins" / "modules")
-    shutil.copytree(PLAYBOOKS / "module_utils", root / "plugins" / "module_utils")
-    shutil.copytree(PLAYBOOKS / "roles", root / "roles")
-    for book in PLAYBOOKS.glob("*.yml"):
-        shutil.copy(book, root / "playbooks" / book.name)
-    for name in LIFECYCLE:
-        shutil.copy(PLAYBOOKS / "echo.yml", root / "playbooks" / f"{name}.yml")
-    (root / "ansible.cfg").write_text(ANSIBLE_CFG)
     (root / "inventory" / "hosts.yml").write_text(INVENTORY)
+    (root / "ansible.cfg").write_text(ANSIBLE_CFG)
+    (root / "collections" / "ansible_collections" / "vcl").mkdir(parents=True)
+    (root / "collections" / "ansible_collections" / "vcl" / "lab").symlink_to(root)
     return root
 
 
 @pytest.fixture
 def elsewhere(tmp_path, monkeypatch):
-    """Run from an unrelated directory with a hostile ANSIBLE_CONFIG: only the project's must count."""
+    """Run from an unrelated directory with a hostile ANSIBLE_CONFIG and collections path: only the
+    project's must count."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    (cwd / "ansible.cfg").write_text("[defaults]\ninventory = /nonexistent\nlibrary = /nonexistent\n")
+    (cwd / "ansible.cfg").write_text("[defaults]\ninventory = /nonexistent\ncollections_path = /nonexistent\n")
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("ANSIBLE_CONFIG", str(cwd / "ansible.cfg"))
+    monkeypatch.setenv("ANSIBLE_COLLECTIONS_PATH", "/nonexistent")
     return cwd
 
 
@@ -81,9 +88,9 @@ def test_success_returns_status_stats_and_the_vcl_result_with_progress(project, 
     lines: list[str] = []
     result = runner.run("echo", {"owner": "cs", "cores": 4}, project=project, progress=lines.append)
     assert result.ok and result.status == "successful" and result.rc == 0, (result, lines)
-    assert result.playbook == "playbooks/echo.yml"
+    assert result.playbook == "vcl.lab.echo"
     assert result.failures == []
-    # the project's ansible.cfg decided the inventory (runner-local) and the module path (vcl_runner_probe)
+    # the project's ansible.cfg decided the inventory (runner-local) and the collection (vcl_runner_probe)
     assert result.vcl_result == {
         "received": {"owner": "cs", "cores": 4},
         "state": "accepted",
@@ -95,7 +102,7 @@ def test_success_returns_status_stats_and_the_vcl_result_with_progress(project, 
     assert result.stats["ok"] == {"runner-local": 4} and result.stats["changed"] == {"runner-local": 1}
     assert lines == [
         "PLAY [Echo the request back as the vcl_result]",
-        "TASK [Ask the project's module (plugins/modules, found through ansible.cfg)]",
+        "TASK [Ask the collection's module (vcl.lab.vcl_runner_probe, found through ansible.cfg)]",
         "  ok: runner-local",
         "TASK [Change something (a changed result)]",
         "  changed: runner-local",
@@ -130,7 +137,7 @@ def test_unreachable_host_is_a_failure_with_the_ssh_message(project, elsewhere):
     assert any(line.startswith("  unreachable: closed-port: ") for line in lines), lines
 
 
-def test_the_projects_roles_modules_and_module_utils_are_used(project, elsewhere):
+def test_the_collections_roles_modules_and_module_utils_are_used(project, elsewhere):
     result = runner.run("paths", project=project, progress=lambda _: None)
     assert result.ok, result.failures
     assert result.vcl_result == {"role": "runner_echo", "probe": "PATHS"}
@@ -152,15 +159,16 @@ def test_a_playbook_that_cannot_start_reports_ansibles_error(project, elsewhere)
 
 
 @pytest.mark.parametrize(("name", "resolved"), [
-    ("echo", "playbooks/echo.yml"), ("echo.yml", "playbooks/echo.yml"), ("playbooks/fail.yml", "playbooks/fail.yml"),
+    ("echo", "vcl.lab.echo"), ("echo.yml", "vcl.lab.echo"), ("vcl.lab.fail", "vcl.lab.fail"),
+    ("playbooks/fail.yml", "playbooks/fail.yml"),
 ])
 def test_playbook_names(project, name, resolved):
     assert runner.resolve_playbook(project, name) == resolved
 
 
-@pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "/etc/hostname", "modules"])
+@pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "/etc/hostname", "modules", "vcl.lab.nope"])
 def test_unknown_playbook_is_a_clear_error(project, name):
-    with pytest.raises(runner.RunnerError, match=r"no playbooks/.* in .*available: .*dispatch.*echo"):
+    with pytest.raises(runner.RunnerError, match=r"no vcl\.lab\..* in .*available: .*dispatch.*echo"):
         runner.resolve_playbook(project, name)
 
 
@@ -169,9 +177,44 @@ def test_missing_or_foreign_project_is_a_clear_error(tmp_path):
         runner.project_dir(tmp_path / "absent")
     with pytest.raises(runner.RunnerError, match=r"not a VCL project \(no ansible.cfg\)"):
         runner.project_dir(tmp_path)
-    (tmp_path / "ansible.cfg").write_text("[defaults]\n")
-    with pytest.raises(runner.RunnerError, match="no playbooks/"):
-        runner.project_dir(tmp_path)
+
+
+@pytest.fixture
+def installed(tmp_path) -> Path:
+    """A project that only holds ansible.cfg and the inventory (as the master's /opt/vcl/project): the
+    collection is installed elsewhere, in the collections path its ansible.cfg names."""
+    _collection(tmp_path / "installed" / "ansible_collections" / "vcl" / "lab")
+    root = tmp_path / "etc-vcl"
+    (root / "inventory").mkdir(parents=True)
+    (root / "inventory" / "hosts.yml").write_text(INVENTORY)
+    (root / "ansible.cfg").write_text(ANSIBLE_CFG.replace("= collections", f"= {tmp_path / 'installed'}"))
+    return root
+
+
+def test_the_installed_collection_is_run_from_a_project_without_playbooks(installed, elsewhere):
+    assert runner.collection_dir(installed) == installed.parent / "installed" / "ansible_collections" / "vcl" / "lab"
+    result = runner.run("paths", project=installed, progress=lambda _: None)
+    assert result.ok and result.playbook == "vcl.lab.paths", result.failures
+    assert result.vcl_result == {"role": "runner_echo", "probe": "PATHS"}
+
+
+def test_a_collection_nowhere_is_a_clear_error(installed, tmp_path, monkeypatch):
+    # Neither the project's collections path nor a checkout (VCL_REPO names a directory without collections/).
+    (installed / "ansible.cfg").write_text(ANSIBLE_CFG.replace("= collections", "= /nonexistent"))
+    monkeypatch.setenv("VCL_REPO", str(tmp_path / "no-checkout"))
+    with pytest.raises(runner.RunnerError, match=r"collection vcl.lab is not installed where a run from .*nonexistent"):
+        runner.resolve_playbook(installed, "dispatch")
+
+
+def test_the_checkouts_collection_follows_the_projects_own(installed, monkeypatch):
+    (installed / "ansible.cfg").write_text("[defaults]\ncollections_path = ~/nowhere:cols ; comment\n")
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert runner.collections_path(installed) == [
+        Path("/home/someone/nowhere"), installed / "cols", REPO / "collections"]
+    (installed / "ansible.cfg").write_text("[defaults]\n")  # none named: Ansible's defaults
+    assert runner.collections_path(installed) == [
+        Path("/home/someone/.ansible/collections"), Path("/usr/share/ansible/collections"), REPO / "collections"]
+    assert runner.collection_dir(installed) == REPO / "collections" / "ansible_collections" / "vcl" / "lab"
 
 
 def test_failure_message_of_loop_items():
@@ -204,7 +247,7 @@ def test_cli_reserve_run_submits_the_fields_as_extra_vars(vcl, project):
     code, out, err = vcl(*RESERVE, "--run", "--project", str(project), "--json")
     assert code == EXIT_OK, err
     data = json.loads(out)
-    assert data["playbook"] == "playbooks/reserve.yml" and data["status"] == "successful" and data["rc"] == 0
+    assert data["playbook"] == "vcl.lab.reserve" and data["status"] == "successful" and data["rc"] == 0
     assert data["vcl_result"]["received"] == {
         "owner": "cs", "cores": "4", "ram_mb": "600", "hours": "2", "start": "now", "platform_value": "5",
         "register_as_slave": "1", "member": "1", "image": "debian"}
@@ -230,13 +273,13 @@ def test_cli_lifecycle_commands_submit_their_playbook(vcl, project, argv, receiv
     code, out, err = vcl(*argv, "--project", str(project), "--json")
     assert code == EXIT_OK, err
     data = json.loads(out)
-    assert data["playbook"] == f"playbooks/{argv[0]}.yml" and data["vcl_result"]["received"] == received
+    assert data["playbook"] == f"vcl.lab.{argv[0]}" and data["vcl_result"]["received"] == received
 
 
 def test_cli_run_prints_the_vcl_result_as_a_table(vcl, project):
     code, out, err = vcl("run", "echo", "-e", "owner=cs", "-e", "user=ana=b", "--project", str(project))
     assert code == EXIT_OK, err
-    assert out.splitlines()[0] == "playbooks/echo.yml: successful (rc 0)"
+    assert out.splitlines()[0] == "vcl.lab.echo: successful (rc 0)"
     assert "probe     HELLO" in out and '"user": "ana=b"' in out
     assert "vms:\nID  ADDRESS\n1   10.0.0.1\n2   10.0.0.2" in out
 
@@ -258,11 +301,11 @@ def test_cli_run_failure_exits_1_with_the_message_on_stderr(vcl, project):
     data = json.loads(out)
     assert data["status"] == "failed" and data["vcl_result"]["reason"] == "pool full"
     assert data["failures"][0]["message"] == "launch refused: pool full"
-    assert "vcl: playbooks/fail.yml failed: runner-local: Refuse the launch: launch refused: pool full" in err
+    assert "vcl: vcl.lab.fail failed: runner-local: Refuse the launch: launch refused: pool full" in err
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
-    (("run", "nope"), "playbook 'nope': no playbooks/nope.yml"),
+    (("run", "nope"), "playbook 'nope': no vcl.lab.nope in"),
     (("dispatch", "--project", "/nonexistent/vcl"), "project /nonexistent/vcl: no such directory"),
     (("run", "echo", "-e", "novalue"), "KEY=VALUE"),
 ])
@@ -279,3 +322,33 @@ def test_cli_prints_a_vcl_result_of_empty_lists(vcl, project):
     assert code == EXIT_OK, err
     assert out.splitlines()[1:] == ["started_reservations  -", "stopped               -", "launched              -",
                                     "waiting               -", "notes                 -"]
+
+
+# --- the checkout's own collection ----------------------------------------------------------------
+
+def test_the_checkouts_playbooks_are_run_by_fqcn():
+    assert set(LIFECYCLE) <= set(runner.available_playbooks(REPO))
+    assert runner.collection_dir(REPO) == REPO / "collections" / "ansible_collections" / "vcl" / "lab"
+    assert [runner.resolve_playbook(REPO, name) for name in ("reserve", "dispatch.yml", "vcl.lab.launch")] == [
+        "vcl.lab.reserve", "vcl.lab.dispatch", "vcl.lab.launch"]
+
+
+def test_cli_reserve_run_records_through_the_real_collection(vcl, tmp_path, monkeypatch):
+    """`vcl reserve --run` from anywhere: the checkout's vcl.lab.reserve, its action plugin on the
+    controller, a temporary database (the implicit localhost only: the request stays pending)."""
+    url = os.environ["VCL_DB_URL"]
+    service.init(url)
+    service.configure({"private_pool": "10.77.1.16-10.77.1.20", "public_pool": "10.77.0.160-10.77.0.164"}, url)
+    service.add_group("cs", url=url)
+    service.add_slave("s1", "10.77.0.21", 2, 4096, 50, url=url)
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text("all:\n  hosts: {}\n")
+    code, out, err = vcl("reserve", "--owner", "cs", "--cores", "1", "--ram-mb", "256", "--start", "now", "--hours",
+                         "2", "--platform-value", "5", "--register-as-slave", "0", "--member", "0", "--run",
+                         "-i", str(hosts), "--json")
+    data = json.loads(out)
+    assert code == EXIT_ERROR and data["playbook"] == "vcl.lab.reserve" and data["status"] == "failed", err[-3000:]
+    # Placed; the launch that follows stops before any host is touched: the inventory has no master.
+    assert data["vcl_result"]["decision"] == "place" and data["vcl_result"]["slave"] == "s1"
+    assert "vcl_master: the inventory must have exactly one host" in err
+    assert [(i["state"], i["slave"]) for i in service.list_instances(url)] == [("pending", "s1")]

@@ -1,9 +1,9 @@
 #!/usr/bin/python
-"""A module only the test project has (its plugins/modules, using its plugins/module_utils): finding it
-proves the project's ansible.cfg was read."""
+"""A module only the test collection has (its plugins/modules, using its plugins/module_utils): finding it
+proves the run used the collection the project's ansible.cfg names."""
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vcl_runner_words import shout
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_runner_words import shout
 
 
 def main():

@@ -1,0 +1,52 @@
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Action plugin vcl.lab.vcl_reserve: a reservation or a best-effort request through the scheduler, on the
+controller (plugins/modules/vcl_reserve.py documents it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible_collections.vcl.lab.plugins.plugin_utils.vcl_controller import VclControllerAction
+
+# The task's arguments: the same as plugins/modules/vcl_reserve.py documents.
+ARGUMENT_SPEC = {
+    "db_url": {"type": "str"},
+    "owner": {"type": "str", "required": True},
+    "user": {"type": "str"},
+    "cores": {"type": "raw", "required": True},
+    "ram_mb": {"type": "raw", "required": True},
+    "hours": {"type": "raw", "required": True},
+    "start": {"type": "str", "default": "now"},
+    "platform_value": {"type": "raw", "default": 5},
+    "register_as_slave": {"type": "raw", "default": 0},
+    "member": {"type": "raw", "default": 0},
+    "image": {"type": "str"},
+    "disk_gb": {"type": "raw"},
+}
+
+
+class ActionModule(VclControllerAction):
+    ARGUMENT_SPEC = ARGUMENT_SPEC
+
+    def work(self, args: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+        from vcl_sched import service
+
+        common = {
+            "owner": args["owner"], "cores": args["cores"], "ram_mb": args["ram_mb"], "hours": args["hours"],
+            "platform_value": args["platform_value"], "register_as_slave": args["register_as_slave"],
+            "member": args["member"], "image": args["image"] or None, "user": args["user"] or None,
+            "dry_run": check_mode, "url": args["db_url"] or None,
+        }  # fmt: skip
+        start = (args["start"] or "now").strip()
+        if start.lower() == "now":
+            result = service.request(disk_gb=args["disk_gb"], **common)
+            kind = "BE"
+        else:
+            if args["disk_gb"] is not None:
+                raise AnsibleActionFail("disk_gb: only a best-effort request (start=now) takes a disk size;"
+                                        " a reservation uses the image's")
+            result = service.reserve(start=start, **common)
+            kind = "AR"
+        return {"changed": result.get("id") is not None, "result": result, "kind": kind}

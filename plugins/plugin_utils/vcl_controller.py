@@ -1,0 +1,78 @@
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""The base of vcl.lab's database actions (vcl_instance, vcl_reserve, vcl_image, vcl_slave, vcl_db, vcl_lab_info).
+
+They are action plugins: the work runs in the controller's Python, the interpreter of ansible-playbook itself,
+where the vcl_sched package is installed next to Ansible, whatever host the task names. A subclass declares
+its arguments (``ARGUMENT_SPEC``, the same as its documentation in plugins/modules/<name>.py) and implements
+``work(args, check_mode)``, which returns the task's result; a ``VclError`` from vcl_sched fails the task with
+its one-line message (which starts with the field at fault) and the field as ``field``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible.utils.unsafe_proxy import wrap_var
+
+# Per process, the engines whose inherited connections were set aside (see _own_connections).
+_SET_ASIDE: dict[int, list[tuple[Any, Any]]] = {}
+
+
+def plain(value: Any) -> Any:
+    """Task arguments as plain Python data (str, int, float, bool, None, list, dict). Ansible hands action
+    plugins its own subclasses of str, int, dict... (tagged or unsafe values), which vcl_sched must not keep."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as err:
+        raise AnsibleActionFail(f"arguments: expected plain data (strings, numbers, lists, mappings): {err}") from None
+
+
+def _own_connections(engine: Any) -> None:
+    """Give this process connections of its own. Ansible runs each task in a worker forked from ansible-playbook,
+    which may already hold pooled database connections (the vcl_slaves inventory plugin reads the same database):
+    a connection must never be shared across processes. The inherited pool is set aside, kept referenced so
+    that it is neither used nor closed here (SQLAlchemy's ``Engine.dispose(close=False)``), once per engine and
+    process."""
+    kept = _SET_ASIDE.setdefault(os.getpid(), [])
+    if any(seen is engine for seen, _pool in kept):
+        return
+    kept.append((engine, engine.pool))
+    engine.dispose(close=False)
+
+
+class VclControllerAction(ActionBase):
+    """A vcl.lab action that reads or writes the lab database on the controller."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False  # nothing runs on the task's host
+    ARGUMENT_SPEC: ClassVar[dict[str, dict[str, Any]]] = {}
+    REQUIRED_IF: ClassVar[list[tuple[str, Any, tuple[str, ...]]]] = []
+
+    def work(self, args: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        name = self._task.action.rpartition(".")[2]
+        _spec, validated = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC, required_if=self.REQUIRED_IF)
+        args = plain({key: validated.get(key) for key in self.ARGUMENT_SPEC})
+        try:
+            from vcl_sched import db
+            from vcl_sched.errors import VclError
+        except ImportError as err:
+            raise AnsibleActionFail(
+                f"{name} needs the vcl_sched package in the controller's Python, the one ansible-playbook runs"
+                f" with ({err}); install it there (scripts/setup.sh, or pip install vcl-sched)"
+            ) from None
+        try:
+            _own_connections(db.engine(args.get("db_url") or None))
+            result.update(self.work(args, bool(self._task.check_mode)))
+        except VclError as err:
+            result.update(failed=True, msg=str(err), field=getattr(err, "field", None))
+        return wrap_var(result)  # what the database holds is data, never a template
