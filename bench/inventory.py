@@ -145,7 +145,7 @@ def main() -> int:
         for name, body in configs.items():
             path = tmp / name / "vcl_slaves.yml"
             path.parent.mkdir()
-            path.write_text(f"plugin: vcl_slaves\n{body}")
+            path.write_text(f"plugin: vcl.lab.vcl_slaves\n{body}")
             sources[name] = [path]
         sources["ini_constructed"] = [ini, constructed]
         repeats = {name: args.constructed_repeat if "constructed" in name else args.repeat for name in sources}

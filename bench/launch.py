@@ -13,9 +13,10 @@ interleaved (their order rotates every round), after ``--warmup`` untimed rounds
   ControlMaster opened before the rounds (so no ssh connection set-up is counted; Ansible's own
   ControlPersist of 60 s is left as configured, and a cold ssh connect is measured for reference). The DB
   claim is ``service.request`` (untimed, like reserve.yml); timed: ``lifecycle.place`` (kept claim),
-  rendering playbooks/templates/domain.xml.j2 with Jinja2, then one ssh command on the master
-  (host entry into a copy of dhcpd.conf, ``dhcpd -t -4 -cf`` it, install it, ``systemctl restart
-  isc-dhcp-server``, ``ip addr add PUB/32 dev eth0``, ``iptables -t nat -N/-A`` the chain VCL-VM-N and
+  rendering roles/vm/templates/domain.xml.j2 with Jinja2, then one ssh command on the master
+  (host entry into a candidate copy of the VMs' hosts file, ``dhcpd -t -4 -cf`` the config that includes it,
+  install it, ``systemctl restart isc-dhcp-server``, the alias's interfaces.d file, ``ip addr add PUB/32 dev
+  eth0``, ``iptables -t nat -N/-A`` the chain VCL-VM-N and
   its jumps from VCL-PREROUTING and VCL-OUTPUT), one on the slave (``qemu-img create -f qcow2 -b base
   -F qcow2``, the domain XML on stdin, ``virsh define --validate``, ``virsh start``) and
   ``lifecycle.mark_running``. Not in the floor (reported apart): the image rsync the playbook runs only
@@ -63,17 +64,21 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from vcl_lab.playbook import ansible_tool, parse_recap  # noqa: E402
+from vcl_lab.testing import lab_down, lab_up  # noqa: E402
 from vcl_sched import lifecycle, service  # noqa: E402
-from vcl_sched.lab.playbook import ansible_tool, parse_recap  # noqa: E402
-from vcl_sched.lab.testing import lab_down, lab_up  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TARGET_RATIO = 2.0
 OWNER = "cs101"
 IMAGE = "vcl-guest"
 INSTANCE_DIR = "/var/lib/vcl/instances"
-DHCPD_CONF = "/etc/dhcp/dhcpd.conf"
-ALIASES_FILE = "/etc/network/interfaces.d/vcl-public-aliases"
+# The VMs' DHCP host entries (included by dhcpd.conf) and, beside them, the candidate being checked and the
+# dhcpd.conf that includes the candidate (written by the dhcpd role); one interfaces.d file per public alias.
+DHCPD_HOSTS = "/etc/dhcp/dhcpd.vcl-vms.conf"
+DHCPD_CANDIDATE = "/etc/dhcp/dhcpd.vcl-vms.candidate.conf"
+DHCPD_CHECK = "/etc/dhcp/dhcpd.vcl-vms.check.conf"
+ALIASES_DIR = "/etc/network/interfaces.d"
 RULES_FILE = "/etc/iptables/rules.v4"
 POLL = 0.2
 
@@ -226,7 +231,7 @@ class Bench:
         self.slaves = [n for n, h in self.inv["hosts"].items() if h["group"] == "vcl_slaves"]
         self.uplink = self.inv["hosts"][self.master]["uplink"]
         self.template = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(ROOT / "playbooks" / "templates")), undefined=jinja2.StrictUndefined,
+            loader=jinja2.FileSystemLoader(str(ROOT / "roles" / "vm" / "templates")), undefined=jinja2.StrictUndefined,
             trim_blocks=True, autoescape=False,  # the template escapes every value itself (| e)
         ).get_template("domain.xml.j2")
         (Path(tmp) / "callback").mkdir()
@@ -264,14 +269,14 @@ class Bench:
         return f"""set -e
 t() {{ echo "T $1 $(date +%s.%N)"; }}
 t begin
-cand=/etc/dhcp/.vclbench-dhcpd.conf
-cp -p {DHCPD_CONF} $cand
-printf '{block}' >> $cand
-dhcpd -t -4 -cf $cand >/dev/null 2>&1
+cp -p {DHCPD_HOSTS} {DHCPD_CANDIDATE}
+printf '{block}' >> {DHCPD_CANDIDATE}
+dhcpd -t -4 -cf {DHCPD_CHECK} >/dev/null 2>&1
 t dhcp_write_check
-mv $cand {DHCPD_CONF}
+mv {DHCPD_CANDIDATE} {DHCPD_HOSTS}
 systemctl restart isc-dhcp-server
 t dhcpd_restart
+printf 'iface {self.uplink} inet static\n    address {public}/32\n' > {ALIASES_DIR}/vcl-vm-{iid}
 ip addr add {public}/32 dev {self.uplink}
 t alias
 iptables -w -t nat -N {chain}
@@ -289,8 +294,9 @@ for parent in VCL-PREROUTING VCL-OUTPUT; do
 done
 iptables -w -t nat -F {chain} 2>/dev/null; iptables -w -t nat -X {chain} 2>/dev/null
 ip addr del {public}/32 dev {self.uplink} 2>/dev/null
-if grep -q '^host vm-{iid} {{$' {DHCPD_CONF}; then
-  sed -i '/^host vm-{iid} {{$/,/^}}$/d' {DHCPD_CONF} && systemctl restart isc-dhcp-server
+rm -f {ALIASES_DIR}/vcl-vm-{iid}
+if grep -q '^host vm-{iid} {{$' {DHCPD_HOSTS}; then
+  sed -i '/^host vm-{iid} {{$/,/^}}$/d' {DHCPD_HOSTS} && systemctl restart isc-dhcp-server
 fi
 true
 """
@@ -299,11 +305,12 @@ true
         domain = spec["domain"]
         password = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(8))
         return self.template.render(
-            vm_name=domain, vm_domain_type=self.inv["vars"].get("lab_domain_type", "kvm"),
-            vm_memory_mb=spec["ram_mb"], vm_vcpus=spec["cores"], vm_overlay=disk, vm_mac=spec["mac"],
-            vm_bridge="br0", vm_kernel=kernel, vm_initrd=initrd, vm_cmdline=spec["image_cmdline"] or "",
-            vm_serial_log=f"{INSTANCE_DIR}/{domain}.log", vm_vnc_listen=spec["slave_address"],
-            vm_vnc_password=password)
+            vm__domain_name=domain, vm__domain_type=self.inv["vars"].get("lab_domain_type", "kvm"),
+            vm__domain_memory_mb=spec["ram_mb"], vm__domain_vcpus=spec["cores"], vm__domain_overlay=disk,
+            vm__domain_mac=spec["mac"], vm__domain_bridge="br0", vm__domain_kernel=kernel, vm__domain_initrd=initrd,
+            vm__domain_cmdline=spec["image_cmdline"] or "",
+            vm__domain_serial_log=f"{INSTANCE_DIR}/{domain}.log", vm__domain_vnc_listen=spec["slave_address"],
+            vm__domain_vnc_password=password)
 
     def domain_present(self, spec: dict, full_copy: bool) -> tuple[str, str]:
         """The slave's script and its domain XML (sent on stdin)."""
@@ -348,10 +355,10 @@ true
         iid, domain, public = spec["id"], spec["domain"], spec["public_ip"]
         left = []
         master = self.hosts[self.master].run(f"""
-grep -q '^host vm-{iid} ' {DHCPD_CONF} && echo 'dhcpd.conf: host vm-{iid}'
+grep -q '^host vm-{iid} ' {DHCPD_HOSTS} && echo 'dhcpd hosts file: host vm-{iid}'
 ip -4 -o addr show dev {self.uplink} | grep -qw '{public}/32' && echo 'alias {public}/32'
 iptables-save -t nat | grep -q -- '-j VCL-VM-{iid}$\\|^:VCL-VM-{iid} ' && echo 'chain VCL-VM-{iid}'
-grep -qw 'address {public}/32' {ALIASES_FILE} 2>/dev/null && echo 'aliases file: {public}'
+test -e {ALIASES_DIR}/vcl-vm-{iid} && echo 'alias file: vcl-vm-{iid}'
 grep -q -- '-j VCL-VM-{iid}$\\|^:VCL-VM-{iid} ' {RULES_FILE} 2>/dev/null && echo 'rules.v4: VCL-VM-{iid}'
 true""").stdout.split("\n")
         on_slave = self.hosts[slave].run(f"""

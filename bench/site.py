@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vcl_sched.lab.playbook import run_playbook
-from vcl_sched.lab.testing import REPO, lab_down, lab_up
+from vcl_lab.playbook import run_playbook
+from vcl_lab.testing import REPO, lab_down, lab_up
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -15,5 +15,7 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== ansible-lint (production profile)"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/ansible-lint --profile production --offline
+echo "== ansible-test sanity (the built collection, installed)"
+bash scripts/sanity.sh
 echo "== pytest"
 .venv/bin/python -m pytest "$@"

@@ -2,10 +2,10 @@
 # The main job on the embedded default: install everything, bring the simulated lab up (a master,
 # two slaves running libvirt + QEMU, and a client, as systemd-nspawn machines on a guarded bridge),
 # bootstrap it with `ansible-playbook site.yml` (which registers the slaves and the test guest image in
-# the lab database), submit a reservation through `playbooks/reserve.yml` (start=now: placed, then
-# launched by playbooks/launch.yml on a slave), and end by showing the VM reachable from the client
+# the lab database), submit a reservation through the collection's `vcl.lab.reserve` (start=now: placed, then
+# launched by the vcl.lab.vm role on a slave), and end by showing the VM reachable from the client
 # machine through the master's DNAT, and how to reach its console.
-# `ansible-playbook playbooks/stop.yml -e id=N` stops the VM; `.venv/bin/vcl lab down` removes the lab.
+# `ansible-playbook vcl.lab.stop -e id=N` stops the VM; `.venv/bin/vcl lab down` removes the lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -27,9 +27,9 @@ vcl group list --json | python3 -c 'import json,sys; sys.exit(0 if any(g["name"]
     || vcl group add try --description "scripts/try.sh"
 earlier=$(vcl instances --json | python3 -c 'import json,sys; print(",".join(str(i["id"]) for i in json.load(sys.stdin) if i["owner"] == "try"))')
 if [ -n "$earlier" ]; then
-    ansible-playbook playbooks/stop.yml -e "ids=$earlier"
+    ansible-playbook vcl.lab.stop -e "ids=$earlier"
 fi
-ansible-playbook playbooks/reserve.yml -e owner=try -e cores=1 -e ram_mb=128 -e hours=1 -e image=vcl-guest \
+ansible-playbook vcl.lab.reserve -e owner=try -e cores=1 -e ram_mb=128 -e hours=1 -e image=vcl-guest \
     -e platform_value=5 -e register_as_slave=0 -e member=1
 vm=$(vcl instances --json | python3 -c 'import json,sys; v=[i for i in json.load(sys.stdin) if i["owner"] == "try"][-1]; print(v["id"], v["public_ip"], v["slave"], v["console_port"], v["mac"].replace(":", ""))')
 read -r id public slave port mac <<<"$vm"
@@ -41,4 +41,4 @@ ansible client -m ansible.builtin.command -a \
 address=$(vcl slave list --json | python3 -c "import json,sys; print([s['address'] for s in json.load(sys.stdin) if s['name'] == '$slave'][0])")
 echo "Console: VNC on $address:$port, password in ~/.vcl/consoles/vm-$id-$mac.vnc (from a host of the lab LAN:"
 echo "  vncviewer $address:$port); the guest's serial log is /var/lib/vcl/instances/vcl-$id.log on $slave."
-echo "Stop it with: ansible-playbook playbooks/stop.yml -e id=$id"
+echo "Stop it with: ansible-playbook vcl.lab.stop -e id=$id"

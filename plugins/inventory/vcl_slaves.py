@@ -8,21 +8,6 @@ only reads its config file, runs the inventory cache flow and adds hosts, groups
 
 from __future__ import annotations
 
-import sys
-
-from ansible.errors import AnsibleError, AnsibleParserError
-from ansible.module_utils.parsing.convert_bool import boolean
-from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
-
-try:
-    from vcl_sched import config as vcl_config
-    from vcl_sched.errors import VclError
-    from vcl_sched.inventory import REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, status_group
-except ImportError as err:
-    VCL_IMPORT_ERROR: ImportError | None = err
-else:
-    VCL_IMPORT_ERROR = None
-
 DOCUMENTATION = r"""
 name: vcl_slaves
 short_description: The slaves registered in the VCL lab database
@@ -47,7 +32,7 @@ options:
   plugin:
     description: Marks this file as a config file of this plugin.
     required: true
-    choices: ["vcl_slaves"]
+    choices: ["vcl.lab.vcl_slaves"]
   db_url:
     description:
       - SQLAlchemy URL of the lab database, for example C(sqlite:////var/lib/vcl/vcl.sqlite) or
@@ -62,7 +47,7 @@ options:
 
 EXAMPLES = r"""
 # inventory/<site>/vcl_slaves.yml
-plugin: vcl_slaves
+plugin: vcl.lab.vcl_slaves
 db_url: sqlite:////var/lib/vcl/vcl.sqlite
 keyed_groups:
   - key: vcl_cores_total | string
@@ -77,11 +62,26 @@ cache_connection: /var/cache/vcl/inventory
 cache_timeout: 300
 """
 
+import sys
+
+from ansible.errors import AnsibleError, AnsibleParserError
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+
+try:
+    from vcl_sched import config as vcl_config
+    from vcl_sched.errors import VclError
+    from vcl_sched.inventory import REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, status_group
+except ImportError as err:
+    VCL_IMPORT_ERROR: ImportError | None = err
+else:
+    VCL_IMPORT_ERROR = None
+
 CONSTRUCTED = ("compose", "groups", "keyed_groups")
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
-    NAME = "vcl_slaves"
+    NAME = "vcl.lab.vcl_slaves"
 
     def verify_file(self, path):
         return super().verify_file(path) and path.endswith(("vcl_slaves.yml", "vcl_slaves.yaml"))

@@ -34,7 +34,7 @@ description:
     which libvirt refuses).
   - Every input is checked before anything changes; a bad one fails naming the field.
 version_added: "0.1.0"
-author: VCL project
+author: VCL developers (@vcl-lab)
 options:
   name:
     description:
@@ -148,23 +148,15 @@ removed:
   elements: str
 """
 
-import contextlib  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
-import fcntl  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import xml.etree.ElementTree as ET  # noqa: E402
+import contextlib
+import fcntl
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-# Run straight from a checkout (tests load this file), the shared code is found beside this folder; run by
-# Ansible, it travels with the module (ansible.cfg's module_utils).
-_CHECKOUT_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "module_utils")
-if os.path.isfile(os.path.join(_CHECKOUT_UTILS, "vcl_libvirt.py")):
-    sys.modules["ansible.module_utils"].__path__.append(_CHECKOUT_UTILS)
-
-from ansible.module_utils.vcl_libvirt import URI_RE, state_name, vnc_port  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_libvirt import URI_RE, state_name, vnc_port
 
 try:
     import libvirt
@@ -280,10 +272,6 @@ def resolve_domain_type(xml, fact=KVM_FACT, cpuinfo="/proc/cpuinfo"):
     return _AUTO_TYPE.sub(lambda m: f"{m.group(1)}{m.group(2)}{kind}{m.group(2)}", xml, count=1)
 
 
-
-
-
-
 def _undefine(dom):
     flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     try:
@@ -390,7 +378,7 @@ class Domain:
             if make_overlay:
                 argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", p["base"], "-F", "qcow2", p["overlay"]]
                 created.append("overlay")  # before the call: a half-written file is removed too
-                rc, _, err = self.module.run_command(argv, check_rc=False)
+                rc, _out, err = self.module.run_command(argv, check_rc=False)
                 if rc != 0:
                     raise StepError(f"creating the overlay failed: {' '.join(argv)}: {err.strip()}")
             dom = self.step("defining the domain", self.conn.defineXMLFlags, p["xml"],

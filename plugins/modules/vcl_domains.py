@@ -15,7 +15,7 @@ description:
   - Also returns the slave's C(MemAvailable) from C(/proc/meminfo), so a suspend can be seen to free RAM.
   - Used by the reconcile playbook to compare the lab database with what the slaves really hold.
 version_added: "0.1.0"
-author: VCL project
+author: VCL developers (@vcl-lab)
 options:
   prefix:
     description: Only domains whose name starts with this are listed (an empty string lists all).
@@ -72,24 +72,14 @@ mem_available_mb:
   type: int
 """
 
-import os  # noqa: E402
-import sys  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-# Run straight from a checkout (tests load this file), the shared code is found beside this folder; run by
-# Ansible, it travels with the module (ansible.cfg's module_utils).
-_CHECKOUT_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "module_utils")
-if os.path.isfile(os.path.join(_CHECKOUT_UTILS, "vcl_libvirt.py")):
-    sys.modules["ansible.module_utils"].__path__.append(_CHECKOUT_UTILS)
-
-from ansible.module_utils.vcl_libvirt import STATE_NAMES, URI_RE, vnc_port  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_libvirt import STATE_NAMES, URI_RE, vnc_port
 
 try:
     import libvirt
 except ImportError:  # pragma: no cover - reported by main()
     libvirt = None
-
 
 
 def mem_available_mb(path="/proc/meminfo"):
@@ -101,8 +91,6 @@ def mem_available_mb(path="/proc/meminfo"):
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
 
 
 def describe(dom):

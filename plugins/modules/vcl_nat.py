@@ -32,7 +32,7 @@ description:
     netfilter-persistent loads at boot.
   - Runs are serialised with a lock file, so two launches at once never race on the same chains.
 version_added: "0.1.0"
-author: VCL project
+author: VCL developers (@vcl-lab)
 options:
   vms:
     description:
@@ -133,19 +133,10 @@ saved:
   type: bool
 """
 
-import os  # noqa: E402  (Ansible modules keep DOCUMENTATION first)
-import shlex  # noqa: E402
-import sys  # noqa: E402
+import shlex
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-# Run straight from a checkout (``python plugins/modules/vcl_nat.py ARGS.json``, as tests/netns does), the
-# shared code is found beside this folder; run by Ansible, it travels with the module (ansible.cfg's module_utils).
-_CHECKOUT_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "module_utils")
-if os.path.isfile(os.path.join(_CHECKOUT_UTILS, "vcl_nat.py")):
-    sys.modules["ansible.module_utils"].__path__.append(_CHECKOUT_UTILS)
-
-from ansible.module_utils.vcl_nat import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_nat import (
     InputError,
     Iptables,
     NatError,

@@ -38,7 +38,7 @@ options:
     type: list
     elements: str
     default: []
-author: VCL
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""
@@ -58,11 +58,11 @@ commands:
   elements: str
 """
 
-import ipaddress  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
+import ipaddress
+import json
+import re
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
 
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 
@@ -133,7 +133,10 @@ def plan(links, addrs, routes, p, ranges):
         if addr not in have.get(target, set()):
             lines.append(f"address add {addr.with_prefixlen} dev {target}")
     wanted_ips = {a.ip for a in want}
-    managed = lambda ip: any(first <= ip <= last for first, last in ranges)  # noqa: E731
+
+    def managed(ip) -> bool:
+        return any(first <= ip <= last for first, last in ranges)
+
     for addr in sorted(have.get(target, set())):
         if addr not in want and (managed(addr.ip) or addr.ip in wanted_ips):
             lines.append(f"address del {addr.with_prefixlen} dev {target}")
@@ -189,7 +192,7 @@ def main():
         module.fail_json(msg=str(err))
     if lines and not module.check_mode:
         # One process, in order: the session's packets see at most a moment without an address.
-        rc, _, err = module.run_command(["ip", "-batch", "-"], data="\n".join(lines) + "\n", check_rc=False)
+        rc, _out, err = module.run_command(["ip", "-batch", "-"], data="\n".join(lines) + "\n", check_rc=False)
         if rc != 0:
             module.fail_json(msg=f"ip -batch failed: {err.strip()}", commands=lines)
     module.exit_json(changed=bool(lines), commands=lines)

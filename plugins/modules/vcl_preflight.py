@@ -13,7 +13,7 @@ description:
     private pools overlap each other, leave their subnets, differ in size or contain a host's address, or
     C(lab_domain_type) or C(lab_mac_prefix) are invalid.
 options: {}
-author: VCL
+author: VCL developers (@vcl-lab)
 """
 
 EXAMPLES = r"""

@@ -1,5 +1,5 @@
 """The vcl_slaves inventory plugin, run as admins run it: the real `ansible-inventory` (and `ansible`)
-from the project directory, so ansible.cfg's inventory_plugins applies, against real SQLite and
+from the project directory, so ansible.cfg's collections path finds vcl.lab, against real SQLite and
 PostgreSQL databases."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def sqlite_db(tmp_path, monkeypatch):
 
 
 def test_groups_and_hostvars(slaves_db, tmp_path):
-    source = write_config(tmp_path / "inv", f"plugin: vcl_slaves\ndb_url: {slaves_db}\n")
+    source = write_config(tmp_path / "inv", f"plugin: vcl.lab.vcl_slaves\ndb_url: {slaves_db}\n")
     data = listing(source)
     groups = groups_of(data)
     assert groups["vcl_registered"] == ["s1", "s2", "s3"]
@@ -112,7 +112,7 @@ def test_groups_and_hostvars(slaves_db, tmp_path):
 def test_status_groups_exist_even_when_empty(sqlite_db, tmp_path):
     service.set_slave_status("s2", "up", sqlite_db)
     service.set_slave_status("s3", "up", sqlite_db)
-    source = write_config(tmp_path / "inv", f"plugin: vcl_slaves\ndb_url: {sqlite_db}\n")
+    source = write_config(tmp_path / "inv", f"plugin: vcl.lab.vcl_slaves\ndb_url: {sqlite_db}\n")
     data = listing(source)
     assert {"vcl_registered", "vcl_status_up", "vcl_status_down", "vcl_status_draining"} <= set(data["all"]["children"])
     assert groups_of(data)["vcl_status_up"] == ["s1", "s2", "s3"]
@@ -122,12 +122,12 @@ def test_status_groups_exist_even_when_empty(sqlite_db, tmp_path):
 def test_db_url_comes_from_vcl_db_url_when_the_config_has_none(slaves_db, tmp_path):
     # The db_url fixture exported VCL_DB_URL=slaves_db.
     assert os.environ["VCL_DB_URL"] == slaves_db
-    source = write_config(tmp_path / "inv", "plugin: vcl_slaves\n", name="lab.vcl_slaves.yaml")
+    source = write_config(tmp_path / "inv", "plugin: vcl.lab.vcl_slaves\n", name="lab.vcl_slaves.yaml")
     assert groups_of(listing(source))["vcl_registered"] == ["s1", "s2", "s3"]
 
 
 def test_without_db_url_or_vcl_db_url_the_vcl_default_is_used(tmp_path):
-    source = write_config(tmp_path / "inv", "plugin: vcl_slaves\n")
+    source = write_config(tmp_path / "inv", "plugin: vcl.lab.vcl_slaves\n")
     default = config.default_db_url()
     path = default.removeprefix("sqlite:///")
     if Path(path).exists():  # a lab on this machine: the plugin reads it
@@ -144,7 +144,7 @@ def test_without_db_url_or_vcl_db_url_the_vcl_default_is_used(tmp_path):
 def test_compose_groups_and_keyed_groups(sqlite_db, tmp_path):
     source = write_config(
         tmp_path / "inv",
-        f"""plugin: vcl_slaves
+        f"""plugin: vcl.lab.vcl_slaves
 db_url: {sqlite_db}
 compose:
   vcl_ram_gb_free: vcl_ram_mb_free // 1024
@@ -174,7 +174,7 @@ keyed_groups:
 
 
 def test_strict_false_skips_a_failing_expression_and_strict_true_fails(sqlite_db, tmp_path):
-    body = f"""plugin: vcl_slaves
+    body = f"""plugin: vcl.lab.vcl_slaves
 db_url: {sqlite_db}
 compose:
   vcl_rack: rack_of_slave.name
@@ -194,7 +194,7 @@ def test_cache_serves_the_stored_answer_until_flushed(sqlite_db, tmp_path):
     cache_dir = tmp_path / "cache"
     source = write_config(
         tmp_path / "inv",
-        f"""plugin: vcl_slaves
+        f"""plugin: vcl.lab.vcl_slaves
 db_url: {sqlite_db}
 cache: true
 cache_plugin: ansible.builtin.jsonfile
@@ -217,7 +217,7 @@ cache_timeout: 3600
     assert listing(source) == fresh  # the flush stored the new answer
 
     service.set_slave_status("s4", "down", sqlite_db)
-    without_cache = write_config(tmp_path / "nocache", f"plugin: vcl_slaves\ndb_url: {sqlite_db}\n")
+    without_cache = write_config(tmp_path / "nocache", f"plugin: vcl.lab.vcl_slaves\ndb_url: {sqlite_db}\n")
     assert groups_of(listing(without_cache))["vcl_status_down"] == ["s3", "s4"]
 
 
@@ -229,7 +229,7 @@ def test_cache_key_follows_the_database(sqlite_db, tmp_path):
     service.add_slave("elsewhere", "10.88.0.1", 2, 2048, 20, url=other)
     source = write_config(
         tmp_path / "inv",
-        f"""plugin: vcl_slaves
+        f"""plugin: vcl.lab.vcl_slaves
 cache: true
 cache_plugin: ansible.builtin.jsonfile
 cache_connection: {tmp_path}/cache
@@ -262,7 +262,7 @@ def test_merges_with_a_static_hosts_yml_in_the_same_directory(sqlite_db, tmp_pat
 """,
         name="hosts.yml",
     )
-    write_config(inv, f"plugin: vcl_slaves\ndb_url: {sqlite_db}\n")
+    write_config(inv, f"plugin: vcl.lab.vcl_slaves\ndb_url: {sqlite_db}\n")
     data = listing(inv)
     groups = groups_of(data)
     assert groups["vcl_slaves"] == ["s1", "s2"] and groups["vcl_master"] == ["master"]
@@ -286,7 +286,7 @@ def test_database_strings_are_never_templated(sqlite_db, tmp_path):
         conn.execute(text("UPDATE slaves SET address = :a WHERE name = 's3'"), {"a": payload})
     source = write_config(
         tmp_path / "inv",
-        f"""plugin: vcl_slaves
+        f"""plugin: vcl.lab.vcl_slaves
 db_url: {sqlite_db}
 compose:
   vcl_address_copy: ansible_host
@@ -301,30 +301,30 @@ compose:
 
 CONFIG_ERRORS = [
     (
-        "plugin: vcl_slaves\ndb_ur: sqlite:////x\n",
+        "plugin: vcl.lab.vcl_slaves\ndb_ur: sqlite:////x\n",
         r"unknown option\(s\) 'db_ur'; known options: cache, cache_connection, .*db_url",
     ),
-    ("plugin: vcl_slaves\ndb_url: sqlite:////x\nstrict: maybe\n", r"strict: 'maybe' is not a boolean"),
-    ("plugin: vcl_slaves\ncache: sometimes\n", r"cache: 'sometimes' is not a boolean"),
-    ("plugin: vcl_slaves\ndb_url: [1]\n", r"Config 'db_url' .* has an invalid value"),
-    ("plugin: vcl_slaves\ncompose: [1]\n", r"Config 'compose' .* has an invalid value"),
+    ("plugin: vcl.lab.vcl_slaves\ndb_url: sqlite:////x\nstrict: maybe\n", r"strict: 'maybe' is not a boolean"),
+    ("plugin: vcl.lab.vcl_slaves\ncache: sometimes\n", r"cache: 'sometimes' is not a boolean"),
+    ("plugin: vcl.lab.vcl_slaves\ndb_url: [1]\n", r"Config 'db_url' .* has an invalid value"),
+    ("plugin: vcl.lab.vcl_slaves\ncompose: [1]\n", r"Config 'compose' .* has an invalid value"),
     (
-        "plugin: vcl_slaves\ncache: true\ncache_plugin: ansible.builtin.jsonfile\n",
+        "plugin: vcl.lab.vcl_slaves\ncache: true\ncache_plugin: ansible.builtin.jsonfile\n",
         r"Required config '_uri' for '[a-z_.]*jsonfile' cache plugin not provided",
     ),
-    ("plugin: vcl_slaves\ndb_url: not a url\n", r"db_url: 'not a url' is not a database URL"),
+    ("plugin: vcl.lab.vcl_slaves\ndb_url: not a url\n", r"db_url: 'not a url' is not a database URL"),
     (
-        "plugin: vcl_slaves\ndb_url: mysql://vcl:pw@dbhost/vcl\n",
+        "plugin: vcl.lab.vcl_slaves\ndb_url: mysql://vcl:pw@dbhost/vcl\n",
         r"db_url: unsupported database 'mysql' in mysql://vcl:\*\*\*@dbhost/vcl",
     ),
-    ("plugin: vcl_slaves\ndb_url: 'sqlite://'\n", r"db_url: 'sqlite://' names no database file"),
+    ("plugin: vcl.lab.vcl_slaves\ndb_url: 'sqlite://'\n", r"db_url: 'sqlite://' names no database file"),
     (
-        "plugin: vcl_slaves\ndb_url: sqlite:///{tmp}/missing/vcl.sqlite\n",
+        "plugin: vcl.lab.vcl_slaves\ndb_url: sqlite:///{tmp}/missing/vcl.sqlite\n",
         r"db_url: no lab database at {tmp}/missing/vcl.sqlite \(run `vcl db init`",
     ),
-    ("plugin: vcl_slaves\ndb_url: sqlite:///{tmp}/inv/vcl_slaves.yml\n", r"is not a SQLite database"),
+    ("plugin: vcl.lab.vcl_slaves\ndb_url: sqlite:///{tmp}/inv/vcl_slaves.yml\n", r"is not a SQLite database"),
     (
-        "plugin: vcl_slaves\ndb_url: postgresql+psycopg://vcl:s3cret@127.0.0.1:1/vcl\n",
+        "plugin: vcl.lab.vcl_slaves\ndb_url: postgresql+psycopg://vcl:s3cret@127.0.0.1:1/vcl\n",
         r"cannot read the lab database \(postgresql\+psycopg://vcl:\*\*\*@127.0.0.1:1/vcl\): connection failed",
     ),
 ]
@@ -342,7 +342,7 @@ def test_bad_config_is_a_clear_error(tmp_path, body, message):
 
 def test_a_database_without_the_schema(db_url, tmp_path):
     db.downgrade(db_url, "base")
-    source = write_config(tmp_path / "inv", f"plugin: vcl_slaves\ndb_url: {db_url}\n")
+    source = write_config(tmp_path / "inv", f"plugin: vcl.lab.vcl_slaves\ndb_url: {db_url}\n")
     assert failure(source) == f"{source}: the lab database is not initialised: run `vcl db init`"
 
 
@@ -356,7 +356,7 @@ def test_vcl_sched_not_importable_says_how_to_install_it(tmp_path):
     ours = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
     (site / "ansible_only.pth").write_text(f"{ours}\n")
     python = other / "bin" / "python"
-    source = write_config(tmp_path / "inv", "plugin: vcl_slaves\ndb_url: sqlite:////nowhere.sqlite\n")
+    source = write_config(tmp_path / "inv", "plugin: vcl.lab.vcl_slaves\ndb_url: sqlite:////nowhere.sqlite\n")
     proc = run([python, BIN / "ansible-inventory", "-i", source, "--list"])
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     message = next(line for line in proc.stderr.splitlines() if "with 'auto' plugin:" in line)
@@ -368,13 +368,13 @@ def test_vcl_sched_not_importable_says_how_to_install_it(tmp_path):
 
 
 def test_ignores_files_with_other_names(sqlite_db, tmp_path):
-    source = write_config(tmp_path / "inv", f"plugin: vcl_slaves\ndb_url: {sqlite_db}\n", name="slaves.yml")
+    source = write_config(tmp_path / "inv", f"plugin: vcl.lab.vcl_slaves\ndb_url: {sqlite_db}\n", name="slaves.yml")
     message = failure(source)
-    assert "could not be verified by inventory plugin 'vcl_slaves'" in message
+    assert "could not be verified by inventory plugin 'vcl.lab.vcl_slaves'" in message
 
 
 def test_ansible_doc_renders_the_documentation():
-    proc = run([BIN / "ansible-doc", "-t", "inventory", "vcl_slaves"])
+    proc = run([BIN / "ansible-doc", "-t", "inventory", "vcl.lab.vcl_slaves"])
     assert proc.returncode == 0, proc.stderr
     for word in ("db_url", "VCL_DB_URL", "keyed_groups", "cache_plugin", "vcl_status_draining"):
         assert word in proc.stdout

@@ -13,8 +13,8 @@ import json
 import pytest
 import yaml
 
-from vcl_sched.lab.playbook import run_playbook as run_local_playbook
-from vcl_sched.lab.testing import REPO, run_playbook
+from vcl_lab.playbook import run_playbook as run_local_playbook
+from vcl_lab.testing import REPO, run_playbook
 
 FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht nx"
 INTEL_VT = f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {FLAGS} vmx ssse3\nvmx flags\t: vnmi\n"
@@ -45,7 +45,7 @@ CHOOSE = [
         "tasks": [
             {
                 "name": "Choose the domain type",
-                "ansible.builtin.include_role": {"name": "kvm", "tasks_from": "domain_type"},
+                "ansible.builtin.include_role": {"name": "vcl.lab.kvm", "tasks_from": "domain_type"},
             },
             {
                 "name": "Record the choice",
@@ -109,7 +109,7 @@ def test_forced_kvm_on_a_slave_without_vt_stops_with_the_fix(lab, tmp_path):
     playbook = tmp_path / "kvm.yml"
     playbook.write_text(
         yaml.safe_dump(
-            [{"name": "Apply the kvm role", "hosts": "vcl_slaves", "gather_facts": False, "roles": ["kvm"]}],
+            [{"name": "Apply the kvm role", "hosts": "vcl_slaves", "gather_facts": False, "roles": ["vcl.lab.kvm"]}],
             sort_keys=False,
         )
     )

@@ -14,7 +14,7 @@ import json
 import pytest
 import yaml
 
-from vcl_sched.lab.testing import run_playbook
+from vcl_lab.testing import run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -48,7 +48,7 @@ def test_plain_libvirtd_starts_once_restarts_on_change_and_answers(lab, tmp_path
                     "hosts": client,
                     "gather_facts": False,
                     "vars": {"kvm__service_manager": "plain", "kvm__libvirtd_options": "{{ options }}"},
-                    "roles": ["kvm"],
+                    "roles": ["vcl.lab.kvm"],
                 }
             ],
             sort_keys=False,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vcl_sched.lab import LabError
-from vcl_sched.lab.testing import run_molecule
+from vcl_lab import LabError
+from vcl_lab.testing import run_molecule
 
 pytestmark = pytest.mark.lab
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcl_sched.lab.testing import Lab, run_playbook
+from vcl_lab.testing import Lab, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -88,7 +88,7 @@ class NatPath:
         assert recap.ok, recap.stdout
 
     def converge(self, dnat: list[dict]) -> None:
-        nat = [{"name": "Apply the nat role", "hosts": "vcl_master", "gather_facts": False, "roles": ["nat"]}]
+        nat = [{"name": "Apply the nat role", "hosts": "vcl_master", "gather_facts": False, "roles": ["vcl.lab.nat"]}]
         self.play("nat", nat, nat__dnat=dnat)
 
     def fetch(self, host: str, address: str, *netns_prefix: str) -> str:

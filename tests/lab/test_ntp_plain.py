@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from vcl_sched.lab.testing import run_playbook
+from vcl_lab.testing import run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -27,13 +27,13 @@ SECOND_OPTIONS = ["-F", "1", "-x"]
 
 def write_playbook(path, client: str) -> None:
     plays = [
-        {"name": "The master serves the lab", "hosts": "vcl_master", "gather_facts": False, "roles": ["ntp"]},
+        {"name": "The master serves the lab", "hosts": "vcl_master", "gather_facts": False, "roles": ["vcl.lab.ntp"]},
         {
             "name": "The client runs chronyd without systemd",
             "hosts": client,
             "gather_facts": False,
             "vars": {"ntp__service_manager": "plain", "ntp__daemon_options": "{{ options }}"},
-            "roles": ["ntp"],
+            "roles": ["vcl.lab.ntp"],
         },
     ]
     path.write_text(yaml.safe_dump(plays, sort_keys=False))

@@ -6,6 +6,7 @@ The lab database is the controller's (VCL_DB_URL): a file in the test's temporar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vcl_lab.playbook import Recap, run_playbook
+from vcl_lab.testing import REPO, Lab, lab_up
 from vcl_sched import db, service
 from vcl_sched.inventory import plain
-from vcl_sched.lab.playbook import Recap, run_playbook
-from vcl_sched.lab.testing import REPO, Lab, lab_up
 
 pytestmark = pytest.mark.lab
 
@@ -129,10 +130,11 @@ def test_adding_a_slave_to_the_inventory_and_limiting_the_run_registers_it(boots
 
     # The inventory plugin reads the database: slave3 is there, with its capacity.
     plugin_cfg = Path(site_db.removeprefix("sqlite:///")).with_name("vcl_slaves.yml")
-    plugin_cfg.write_text(yaml.safe_dump({"plugin": "vcl_slaves", "db_url": site_db}))
+    plugin_cfg.write_text(yaml.safe_dump({"plugin": "vcl.lab.vcl_slaves", "db_url": site_db}))
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(plugin_cfg), "--list"],
         cwd=REPO, text=True, capture_output=True,
+        env={**os.environ, "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "true"},  # a config not parsed fails
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)

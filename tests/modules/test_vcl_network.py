@@ -17,7 +17,8 @@ import pytest
 pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE = REPO / "plugins/modules/vcl_network.py"
+MODULE = "ansible_collections.vcl.lab.plugins.modules.vcl_network"  # run the collection way (python -m)
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -47,7 +48,10 @@ def run_module(ns: str, tmp_path: Path, check_mode: bool = False, **args) -> dic
     args_file = tmp_path / f"args-{uuid.uuid4().hex[:6]}.json"
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}))
     proc = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, str(MODULE), str(args_file)], text=True, capture_output=True
+        ["ip", "netns", "exec", ns, sys.executable, "-m", MODULE, str(args_file)],
+        text=True,
+        capture_output=True,
+        env=ENV,
     )
     return json.loads(proc.stdout)
 

@@ -16,7 +16,9 @@ import pytest
 
 pytestmark = pytest.mark.netns
 
-MODULE = Path(__file__).resolve().parents[2] / "plugins" / "modules" / "vcl_nat.py"
+REPO = Path(__file__).resolve().parents[2]
+MODULE = "ansible_collections.vcl.lab.plugins.modules.vcl_nat"  # run the collection way (python -m)
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
 SUBNET = "10.77.2.0/24"
 MASQ = {"subnet": SUBNET, "out_interface": "eth0"}
 VM1 = {"id": 1, "public": "10.77.1.160", "private": "10.77.2.16"}
@@ -26,6 +28,7 @@ VM3 = {"id": "lab_3", "public": "10.77.1.162", "private": "10.77.2.18"}
 
 def ns_run(ns: str, *argv: str, **kwargs) -> subprocess.CompletedProcess[str]:
     """ARGV inside namespace NS (``ip netns exec NS ARGV``)."""
+    kwargs.setdefault("env", ENV)
     return subprocess.run(["ip", "netns", "exec", ns, *argv], text=True, capture_output=True, **kwargs)
 
 
@@ -34,7 +37,7 @@ def run_module(ns: str, tmp_path: Path, check: bool = False, **args) -> dict:
     args.setdefault("rules_file", str(tmp_path / "rules.v4"))
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check}}))
-    proc = ns_run(ns, sys.executable, str(MODULE), str(path), timeout=60)
+    proc = ns_run(ns, sys.executable, "-m", MODULE, str(path), timeout=60)
     try:
         result = json.loads(proc.stdout)
     except ValueError:
@@ -246,10 +249,11 @@ def test_concurrent_launches_do_not_race(netns, tmp_path):
         args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": module_args}))
         procs.append(
             subprocess.Popen(
-                ["ip", "netns", "exec", netns, sys.executable, str(MODULE), str(args)],
+                ["ip", "netns", "exec", netns, sys.executable, "-m", MODULE, str(args)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=ENV,
             )
         )
     results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]

@@ -1,7 +1,9 @@
-"""Every module's and plugin's documentation parses (ansible-doc reads it; lint and admins rely on it)."""
+"""Every module's and plugin's documentation parses (ansible-doc reads it; lint and admins rely on it), by FQCN
+through the checkout's collections path (ansible.cfg), as admins call them."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -11,13 +13,35 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DOC = str(Path(sys.executable).parent / "ansible-doc")
-MODULES = sorted(p.stem for p in (REPO / "plugins/modules").glob("*.py"))
+PLUGINS = [
+    ("module", p.stem) for p in sorted((REPO / "plugins/modules").glob("*.py"))
+] + [
+    (kind, p.stem)
+    for kind, folder in (("inventory", "inventory"), ("filter", "filter"))
+    for p in sorted((REPO / "plugins" / folder).glob("*.py"))
+    if not p.stem.startswith("_")
+]
 
 
-@pytest.mark.parametrize("module", MODULES)
-def test_module_documentation_parses(module):
-    proc = subprocess.run([ANSIBLE_DOC, "-M", str(REPO / "plugins/modules"), "-j", module],
-                          cwd=REPO, text=True, capture_output=True)  # fmt: skip
+def test_the_checkout_is_the_collection_vcl_lab():
+    link = REPO / "collections/ansible_collections/vcl/lab"
+    assert link.is_symlink() and link.resolve() == REPO
+
+
+@pytest.mark.parametrize(("kind", "name"), PLUGINS, ids=[f"{k}:{n}" for k, n in PLUGINS])
+def test_plugin_documentation_parses(kind, name):
+    fqcn = f"vcl.lab.{name}"
+    if kind == "filter":
+        # Every filter the file defines is found by FQCN in the collection.
+        module = importlib.import_module(f"ansible_collections.vcl.lab.plugins.filter.{name}")
+        names = set(module.FilterModule().filters())
+        proc = subprocess.run([ANSIBLE_DOC, "-t", "filter", "-l", "vcl.lab", "-j"], cwd=REPO, text=True,
+                              capture_output=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert names and {f"vcl.lab.{n}" for n in names} <= set(json.loads(proc.stdout)), proc.stdout
+        return
+    proc = subprocess.run([ANSIBLE_DOC, "-t", kind, "-j", fqcn], cwd=REPO, text=True, capture_output=True)
     assert proc.returncode == 0 and "ERROR" not in proc.stderr, proc.stderr
-    doc = json.loads(proc.stdout)[module]["doc"]
-    assert doc["short_description"] and doc["module"] == module
+    doc = json.loads(proc.stdout)[fqcn]["doc"]
+    assert doc["short_description"] and doc["collection"] == "vcl.lab"
+    assert doc["plugin_name"] == fqcn if "plugin_name" in doc else doc.get("module", doc.get("name")) == name
