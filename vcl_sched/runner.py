@@ -7,7 +7,7 @@ that back in the ``artifact_data`` of the ``playbook_on_stats`` event, and ``run
 ``RunResult.vcl_result``.
 
 The project is the directory ansible-playbook runs in: it holds the ``ansible.cfg`` that counts (the
-checkout's root, or for example the master's /opt/vcl/project). ansible-runner starts ``ansible-playbook``
+checkout's root, or for example the master's /etc/vcl). ansible-runner starts ``ansible-playbook``
 there and ``ANSIBLE_CONFIG`` is set to ``<project>/ansible.cfg`` as well (so an ``ANSIBLE_CONFIG`` in the
 caller's environment cannot replace it); Ansible resolves the relative paths in that file (``inventory``,
 ``collections_path``...) against the file's directory. No ``-i`` is passed unless an inventory is named.

@@ -67,26 +67,10 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.conn
   - ansible.builtin.action_common_attributes.flow
+  - vcl.lab.controller
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  become:
-    support: none
-  bypass_host_loop:
-    support: none
   check_mode:
     support: full
-  connection:
-    support: none
-  delegation:
-    support: none
-    details: It always runs on the controller; C(delegate_to) changes only whose variables the task sees.
-  diff_mode:
-    support: none
-  platform:
-    platforms: all
 author: VCL developers (@vcl-lab)
 """
 

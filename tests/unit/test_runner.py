@@ -181,7 +181,7 @@ def test_missing_or_foreign_project_is_a_clear_error(tmp_path):
 
 @pytest.fixture
 def installed(tmp_path) -> Path:
-    """A project that only holds ansible.cfg and the inventory (as the master's /opt/vcl/project): the
+    """A project that only holds ansible.cfg and the inventory (as the master's /etc/vcl): the
     collection is installed elsewhere, in the collections path its ansible.cfg names."""
     _collection(tmp_path / "installed" / "ansible_collections" / "vcl" / "lab")
     root = tmp_path / "etc-vcl"
