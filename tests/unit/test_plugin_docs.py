@@ -32,13 +32,18 @@ def test_the_checkout_is_the_collection_vcl_lab():
 def test_plugin_documentation_parses(kind, name):
     fqcn = f"vcl.lab.{name}"
     if kind == "filter":
-        # Every filter the file defines is found by FQCN in the collection.
+        # Every filter the file defines is found by FQCN in the collection, and documented (its sidecar YAML).
         module = importlib.import_module(f"ansible_collections.vcl.lab.plugins.filter.{name}")
-        names = set(module.FilterModule().filters())
-        proc = subprocess.run([ANSIBLE_DOC, "-t", "filter", "-l", "vcl.lab", "-j"], cwd=REPO, text=True,
-                              capture_output=True)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert names and {f"vcl.lab.{n}" for n in names} <= set(json.loads(proc.stdout)), proc.stdout
+        names = sorted(module.FilterModule().filters())
+        proc = subprocess.run([ANSIBLE_DOC, "-t", "filter", "-j", *(f"vcl.lab.{n}" for n in names)], cwd=REPO,
+                              text=True, capture_output=True)  # fmt: skip
+        assert proc.returncode == 0 and "ERROR" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+        docs = json.loads(proc.stdout)
+        assert names and sorted(docs) == [f"vcl.lab.{n}" for n in names], sorted(docs)
+        for filter_name, entry in docs.items():
+            doc = entry["doc"]
+            assert doc["short_description"] and doc["options"]["_input"] and entry["return"], filter_name
+            assert doc["name"] == filter_name.rpartition(".")[2]
         return
     proc = subprocess.run([ANSIBLE_DOC, "-t", kind, "-j", fqcn], cwd=REPO, text=True, capture_output=True)
     assert proc.returncode == 0 and "ERROR" not in proc.stderr, proc.stderr
