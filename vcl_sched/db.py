@@ -55,8 +55,7 @@ class DryRun(Exception):
         self.result = result
 
 
-@cache
-def _engine(url: str) -> Engine:
+def _new_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -88,6 +87,32 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
     raise VclError(f"VCL_DB_URL: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")
+
+
+# The engines of this process (one per URL), so that a forked child can leave their connections alone.
+_ENGINES: list[Engine] = []
+# The pools a forked child set aside: kept referenced, so the child never closes (or even collects) a connection
+# that belongs to its parent.
+_INHERITED_POOLS: list[Any] = []
+
+
+@cache
+def _engine(url: str) -> Engine:
+    eng = _new_engine(url)
+    _ENGINES.append(eng)
+    return eng
+
+
+def _leave_inherited_connections() -> None:
+    """In a forked child (an Ansible worker running a vcl.lab action, a benchmark's writer): connections pooled
+    by the parent must never be used by two processes. Each engine gets a new, empty pool and the inherited one
+    is set aside untouched (SQLAlchemy's ``Engine.dispose(close=False)``)."""
+    for eng in _ENGINES:
+        _INHERITED_POOLS.append(eng.pool)
+        eng.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_leave_inherited_connections)
 
 
 def engine(url: str | None = None) -> Engine:

@@ -12,15 +12,11 @@ its one-line message (which starts with the field at fault) and the field as ``f
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, ClassVar
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.unsafe_proxy import wrap_var
-
-# Per process, the engines whose inherited connections were set aside (see _own_connections).
-_SET_ASIDE: dict[int, list[tuple[Any, Any]]] = {}
 
 
 def plain(value: Any) -> Any:
@@ -30,19 +26,6 @@ def plain(value: Any) -> Any:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as err:
         raise AnsibleActionFail(f"arguments: expected plain data (strings, numbers, lists, mappings): {err}") from None
-
-
-def _own_connections(engine: Any) -> None:
-    """Give this process connections of its own. Ansible runs each task in a worker forked from ansible-playbook,
-    which may already hold pooled database connections (the vcl_slaves inventory plugin reads the same database):
-    a connection must never be shared across processes. The inherited pool is set aside, kept referenced so
-    that it is neither used nor closed here (SQLAlchemy's ``Engine.dispose(close=False)``), once per engine and
-    process."""
-    kept = _SET_ASIDE.setdefault(os.getpid(), [])
-    if any(seen is engine for seen, _pool in kept):
-        return
-    kept.append((engine, engine.pool))
-    engine.dispose(close=False)
 
 
 class VclControllerAction(ActionBase):
@@ -63,7 +46,6 @@ class VclControllerAction(ActionBase):
         _spec, validated = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC, required_if=self.REQUIRED_IF)
         args = plain({key: validated.get(key) for key in self.ARGUMENT_SPEC})
         try:
-            from vcl_sched import db
             from vcl_sched.errors import VclError
         except ImportError as err:
             raise AnsibleActionFail(
@@ -71,7 +53,8 @@ class VclControllerAction(ActionBase):
                 f" with ({err}); install it there (scripts/setup.sh, or pip install vcl-sched)"
             ) from None
         try:
-            _own_connections(db.engine(args.get("db_url") or None))
+            # Each task runs in a worker forked from ansible-playbook, which may hold pooled connections to the
+            # same database (the vcl_slaves inventory plugin): vcl_sched.db gives a forked child pools of its own.
             result.update(self.work(args, bool(self._task.check_mode)))
         except VclError as err:
             result.update(failed=True, msg=str(err), field=getattr(err, "field", None))
