@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcl_lab._util import LabError
+from vcl_sched import runner
 from vcl_sched.paths import repo_root
 
 _RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
@@ -105,9 +106,10 @@ FOREIGN_ANSIBLE_ENV = (
 
 
 def collections_path(root: Path) -> str:
-    """ANSIBLE_COLLECTIONS_PATH for a checkout at ``root``: its collections/ (where vcl.lab links to the
-    checkout), then Ansible's usual places; as the checkout's ansible.cfg says, for runs that do not read it."""
-    return os.pathsep.join([str(root / "collections"), "~/.ansible/collections", "/usr/share/ansible/collections"])
+    """ANSIBLE_COLLECTIONS_PATH for a checkout at ``root``, for runs that do not read its ansible.cfg (molecule):
+    the collections path the checkout's ansible.cfg names (collections/, where vcl.lab links to the checkout,
+    then Ansible's usual places), as the `vcl` command's playbook runs compute it."""
+    return os.pathsep.join(str(path) for path in runner.collections_path(root))
 
 
 def run_playbook(
