@@ -10,8 +10,8 @@ py=$repo/.venv/bin/python
 work=$(mktemp -d /tmp/vcl-sanity.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# ansible-test bootstraps pip in its virtualenvs with a get-pip script from its own file server, which only
-# PyPI-reachable machines cannot fetch: give it the stand-in that uses Python's bundled pip instead.
+# ansible-test bootstraps pip in its virtualenvs with a get-pip script from its own file server, which a machine
+# that reaches only PyPI cannot fetch: give it the stand-in that uses Python's bundled pip instead.
 cache=${HOME}/.ansible/test/cache
 mkdir -p "$cache"
 # The pip version ansible-test bootstraps (get_venv_packages in its python_requirements module).
