@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from . import calendar, config, db, placement, preempt
+from . import calendar, config, db, placement, preempt, promises
 from .audit import audit
 from .catalogue import get_settings, group_ref, image_ref, user_ref
 from .claims import HOLDS_CAPACITY, ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
@@ -29,6 +29,11 @@ from .errors import CapacityError
 from .models import Group, Instance, Reservation, ReservationState
 from .priority import parse_priority_inputs, priority
 from .validate import check_name, iso, positive, whole
+
+MAX_SEATS = 1000
+MAX_CORES = 1024
+MAX_RAM_MB = 16 * 1024 * 1024
+MAX_DISK_GB = 1 << 20
 
 ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
 
@@ -42,7 +47,8 @@ def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minut
 
 
 _BOOKINGS_BETWEEN = db.Prepared(
-    select(Reservation.id, Reservation.cores, Reservation.start, Reservation.end, Reservation.priority,
+    select(Reservation.id, Reservation.seats * Reservation.cores, Reservation.start, Reservation.end,
+           Reservation.priority,
            Reservation.register_as_slave, Reservation.state)
     .where(Reservation.state.in_([bindparam(f"booked_{s}", s, Reservation.state.type) for s in ACTIVE_BOOKINGS]),
            Reservation.end > bindparam("start"), Reservation.start < bindparam("end")))
@@ -63,7 +69,8 @@ def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.B
 # --- advance reservations (AR) -----------------------------------------------------------------------
 
 def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    return {"id": r.id, "owner": owner, "cores": r.cores, "ram_mb": r.ram_mb, "priority": round(r.priority, 6),
+    return {"id": r.id, "owner": owner, "seats": r.seats, "cores": r.cores, "ram_mb": r.ram_mb,
+            "priority": round(r.priority, 6),
             "state": str(r.state), "requested_start": iso(r.requested_start), "start": iso(r.start),
             "end": iso(r.end), "hours": r.hours, "rescheduled": r.rescheduled, "reason": r.reason,
             "moved": list(moves)}
@@ -71,12 +78,17 @@ def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]]
 
 def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, platform_value: Any,
             register_as_slave: Any, member: Any, image: str | None = None, user: str | None = None,
-            dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
-    """An advance reservation (SPEC §4): accepted (maybe moved later, maybe moving lower-priority
-    bookings later) or refused with the reason. Invalid input raises ValidationError."""
+            seats: Any = 1, dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
+    """An advance reservation (SPEC §4): a block of ``seats`` seats of (``cores``, ``ram_mb``) for a group over
+    a window; accepted (maybe moved later, maybe moving lower-priority bookings later) or refused with
+    the reason. The block must fit in the pool at every instant of its window, and its seats must be
+    placeable on the slaves beside every other booking's seats (``promises.check_block``); a seat larger
+    than the largest slave, or a block larger than the pool, is refused at once. Invalid input raises
+    ValidationError."""
     owner = check_name("owner", owner)
-    cores_n = whole("cores", cores)
-    ram_n = whole("ram_mb", ram_mb)
+    seats_n = whole("seats", seats, 1, MAX_SEATS)
+    cores_n = whole("cores", cores, 1, MAX_CORES)
+    ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
     start_dt = start if isinstance(start, datetime) else config.parse_datetime(str(start), "start")
     hours_f = positive("hours", hours)
     user_name = check_name("user", user) if user is not None else None
@@ -94,18 +106,29 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
         user_id = user_ref(session, user_name, group_id)[0] if user_name is not None else None
         existing = _bookings(session, start_dt, now)
         res = Reservation(group_id=group_id, user_id=user_id, image_id=img[0] if img else None,
-                          cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
+                          seats=seats_n, cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
                           hours=hours_f, platform_value=inputs.platform_value,
                           register_as_slave=inputs.register_as_slave, member=inputs.member, priority=pi,
                           rescheduled=0, state=ReservationState.REFUSED, reason="", created_at=now)
         session.add(res)
         session.flush()  # the id is the booking's first-come-first-served sequence number
-        new = calendar.Booking(res.id, cores_n, start_dt, end_dt, pi, inputs.register_as_slave, seq=res.id)
+        new = calendar.Booking(res.id, seats_n * cores_n, start_dt, end_dt, pi, inputs.register_as_slave, seq=res.id)
         capacity = up_cores(session)
-        if capacity == 0:
+        never = promises.impossible(session, cores_n, ram_n, img[1] if img else 0, seats_n)
+        if never:
+            admission = calendar.Admission(False, None, None, (), never)
+        elif capacity == 0:
             admission = calendar.Admission(False, None, None, (), "the pool has no slave up")
         else:
             admission = calendar.admit(new, existing, capacity, now, settings.booking)
+        if admission.accepted:
+            assert admission.start is not None and admission.end is not None
+            block = promises.seats_of(res.id, seats_n, cores_n, ram_n, admission.start, admission.end,
+                                      promises.reservation_order(pi, inputs.register_as_slave, res.id))
+            moved = {m.id: (m.new_start, m.new_end) for m in admission.moves}
+            unplaceable = promises.check_block(session, block, moved)
+            if unplaceable:
+                admission = calendar.Admission(False, None, None, (), f"the seats cannot all be placed: {unplaceable}")
         step = settings.booking.move_step
         if admission.accepted:
             res.state = ReservationState.ACCEPTED
@@ -168,9 +191,9 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
     optimistic claims). The hours granted are capped by the look-ahead: a BE VM may run only until
     its cores are needed by a reservation (at most ``booking.lookahead_max_hours``)."""
     owner = check_name("owner", owner)
-    cores_n = whole("cores", cores)
-    ram_n = whole("ram_mb", ram_mb)
-    disk_n = whole("disk_gb", disk_gb, 0) if disk_gb is not None else None
+    cores_n = whole("cores", cores, 1, MAX_CORES)
+    ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
+    disk_n = whole("disk_gb", disk_gb, 0, MAX_DISK_GB) if disk_gb is not None else None
     user_name = check_name("user", user) if user is not None else None
     db.require_schema(url)
     rng = random.Random()  # noqa: S311 - spreads tie-breaks after a lost race; not a secret
@@ -179,7 +202,7 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
             plan = _decide_best_effort(q, owner, cores_n, ram_n, disk_n, hours, platform_value,
                                        register_as_slave, member, image, user_name, dry_run,
                                        tie_break="random" if attempt else "lowest-id", rng=rng, explain=explain)
-        if dry_run:
+        if dry_run or plan.refused:
             return plan.answer
         try:
             return commit_claim(plan, url)
@@ -205,37 +228,50 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
                               "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
                               "register_as_slave": inputs.register_as_slave, "id": None}
     plan = ClaimPlan(answer, group_id, img[0] if img else None, user_name, demand, pi, settings.decline_limit,
-                       settings.mac_prefix)
-    # The look-ahead weighs this VM against reserved cores only: other best-effort VMs hold cores now,
-    # but placement and preemption deal with them, and a starting reservation suspends BE VMs.
+                     settings.mac_prefix, hours=hours_n)
+    # The look-ahead (SPEC §4): the longest span, up to the hours asked, over which the VM fits on a slave beside
+    # every commitment there (seats of accepted reservations, VMs until their ends) except best-effort VMs of
+    # strictly lower priority, which it may suspend. With no reservation ahead, commitments only shrink over
+    # time, so a slave with room now has it for every hour asked: the database chooses it (an index walk).
     horizon = now + timedelta(hours=settings.booking.lookahead_max_hours)
-    bookings = bookings_between(q, now, horizon, now)
-    chosen = None
-    if not bookings:
-        # With no booking ahead the look-ahead only asks whether the pool has `cores` at all, and a
-        # slave that fits answers it: every capacity >= cores gives the same hours. Choosing first
-        # spares the common request a scan of every slave (_capacity).
+    if not bookings_between(q, now, horizon, now):
         chosen = choose_slave(q, demand, settings.placement_policy, tie_break, rng, explain)
-    capacity = chosen.slave.cores_total if chosen and chosen.slave else up_cores(q)
-    granted = calendar.best_effort_hours(cores_n, now, bookings, capacity, [], settings.booking)
-    hours_granted = min(hours_n, granted)
-    answer["hours_granted"] = hours_granted
-    if hours_granted == 0:
-        answer.update(state="waiting", decision="wait",
-                      reason=f"{cores_n} cores are not free of reservations for even 1 hour from {iso(now)}")
+        answer["explain"] = chosen.explain()
+        if chosen.slave is not None:
+            decision = promises.Decision("place", chosen.slave, hours_n)
+        else:
+            never = promises.impossible(q, cores_n, ram_n, disk)
+            if never:
+                return _refused(plan, never)
+            pre = preempt.plan(slave_states(q), demand, pi, running_be(q), settings.placement_policy)
+            decision = promises.Decision(pre.action if pre.action == "suspend" else "wait", pre.slave, hours_n,
+                                         pre.victims, pre.reason)
+    else:
+        never = promises.impossible(q, cores_n, ram_n, disk)
+        if never:
+            return _refused(plan, never)
+        view = promises.view(q, now, settings.booking.lookahead_max_hours)
+        running = [h.running_vm() for h in view.holders]
+        decision = promises.choose_best_effort(view, slave_states(q), demand, pi, hours_n,
+                                               settings.placement_policy, running)
+    answer["hours_granted"] = decision.hours if decision.action != "wait" else 0
+    if decision.action != "place" or decision.slave is None:
+        answer.update(state="waiting", decision=decision.action, reason=decision.reason)
+        if decision.slave is not None:
+            answer.update(slave=decision.slave.name, suspend=[vm.id for vm in decision.victims])
         return plan
-    if chosen is None:
-        chosen = choose_slave(q, demand, settings.placement_policy, tie_break, rng, explain)
-    answer["explain"] = chosen.explain()
-    if chosen.slave is None:
-        pre = preempt.plan(slave_states(q), demand, pi, running_be(q), settings.placement_policy)
-        answer.update(state="waiting", decision="suspend" if pre.action == "suspend" else "wait", reason=pre.reason,
-                      slave=pre.slave.name if pre.slave else None, suspend=[v.id for v in pre.victims])
-        return plan
-    plan.slave = chosen.slave
-    plan.ends = now + timedelta(hours=hours_granted)
-    answer.update(state="pending", decision="place", slave=chosen.slave.name, ends_at=iso(plan.ends),
-                  reason="" if hours_granted == hours_n else
-                  f"granted {hours_granted} of {hours_n} hours: the cores are reserved after that")
+    plan.slave = decision.slave
+    plan.ends = now + timedelta(hours=decision.hours)
+    answer.update(state="pending", decision="place", slave=decision.slave.name, ends_at=iso(plan.ends),
+                  hours_granted=decision.hours,
+                  reason="" if decision.hours == hours_n else
+                  f"granted {decision.hours} of {hours_n} hours: the cores are committed after that")
+    return plan
+
+
+def _refused(plan: ClaimPlan, reason: str) -> ClaimPlan:
+    """A request that can never fit: refused at submission, nothing written (SPEC §3)."""
+    plan.answer.update(state="refused", decision="refused", reason=reason, hours_granted=0)
+    plan.refused = True
     return plan
 

@@ -179,7 +179,8 @@ _RELEASE = (update(Slave).where(Slave.id == bindparam("sid"))
 # (SQLite, whose writers are serialised, has no FOR UPDATE: its compiler leaves the clause out).
 _TAKE_PAIR = db.Prepared(
     update(AddressPair)
-    .where(AddressPair.id == select(AddressPair.id).where(AddressPair.instance_id.is_(None)).order_by(AddressPair.id)
+    .where(AddressPair.id == select(AddressPair.id).where(AddressPair.instance_id.is_(None),
+                                                          AddressPair.stale_instance.is_(None)).order_by(AddressPair.id)
            .limit(1).with_for_update(skip_locked=True).scalar_subquery())
     .values(instance_id=bindparam("iid"), mac=bindparam("mac"))
     .returning(AddressPair.private_ip, AddressPair.public_ip))
@@ -187,8 +188,9 @@ _SET_ADDRESSES = db.Prepared(update(Instance).where(Instance.id == bindparam("ii
                              .values(mac=bindparam("mac"), private_ip=bindparam("priv"), public_ip=bindparam("pub")))
 _NEW_INSTANCE = db.Prepared(insert(Instance).returning(Instance.id), (
     "image_id", "group_id", "user_id", "slave_id", "cores", "ram_mb", "disk_gb", "state", "kind", "priority",
-    "register_as_slave", "ends_at", "created_at", "updated_at"))
-_COUNT_PAIRS = db.Prepared(select(func.count(), func.count(AddressPair.instance_id)).select_from(AddressPair))
+    "register_as_slave", "hours", "ends_at", "created_at", "updated_at"))
+_COUNT_PAIRS = db.Prepared(select(func.count(), func.count(AddressPair.instance_id),
+                                  func.count(AddressPair.stale_instance)).select_from(AddressPair))
 _DECLINE = db.Prepared(update(User).where(User.id == bindparam("uid"), User.declines < bindparam("limit"))
                        .values(declines=User.declines + 1))
 _REGISTERED = db.Prepared(update(User).where(User.id == bindparam("uid"), User.registered_slave != 1)
@@ -218,10 +220,11 @@ def allocate_addresses(q: Session | db.Direct, instance_id: int, mac_prefix: str
     mac = new_mac(mac_prefix)
     row = _TAKE_PAIR.first(q, {"iid": instance_id, "mac": mac})
     if row is None:
-        total, held = _COUNT_PAIRS.first(q)
-        if held < total:
+        total, held, stale = _COUNT_PAIRS.first(q)
+        if held + stale < total:
             raise db.RetryTransaction  # PostgreSQL: every free pair is being taken by another transaction
-        raise CapacityError(f"addresses: all {total} (public, private) address pairs are in use"
+        waiting = f", {stale} of them until reconcile confirms the master dropped their entries" if stale else ""
+        raise CapacityError(f"addresses: all {total} (public, private) address pairs are in use{waiting}"
                             " (widen private_pool/public_pool with `vcl config set`)")
     private_ip, public_ip = row
     _SET_ADDRESSES.run(q, {"iid": instance_id, "mac": mac, "priv": private_ip, "pub": public_ip})
@@ -229,8 +232,23 @@ def allocate_addresses(q: Session | db.Direct, instance_id: int, mac_prefix: str
 
 
 def release_addresses(session: Session, instance_id: int) -> None:
+    """The instance's pair is free again: only once the master no longer carries its entries."""
     session.execute(update(AddressPair).where(AddressPair.instance_id == instance_id)
                     .values(instance_id=None, mac=None))
+
+
+def quarantine_addresses(session: Session, instance_id: int) -> None:
+    """Give the instance's pair back while the master may still carry its DHCP host, alias and DNAT chain:
+    the pair (and its MAC) stays out of use until ``net_gone`` confirms they are gone."""
+    session.execute(update(AddressPair).where(AddressPair.instance_id == instance_id)
+                    .values(instance_id=None, stale_instance=instance_id))
+
+
+def net_gone(session: Session, instance_id: int) -> int:
+    """The master's entries of ``instance_id`` are gone: its quarantined pair is free. Returns pairs freed."""
+    result = session.execute(update(AddressPair).where(AddressPair.stale_instance == instance_id)
+                             .values(stale_instance=None, mac=None))
+    return int(result.rowcount or 0)
 
 
 # --- the claim transaction of a best-effort request, and giving claims back ---------------------------
@@ -256,6 +274,8 @@ class ClaimPlan:
     mac_prefix: str
     slave: placement.SlaveState | None = None
     ends: datetime | None = None
+    hours: int | None = None  # asked for: a queued request's end is fixed when it launches
+    refused: bool = False  # can never fit: nothing is written
 
 
 StaleClaim = db.RetryTransaction
@@ -297,7 +317,8 @@ def _apply_best_effort(tx: db.Direct, plan: ClaimPlan) -> dict[str, Any]:
     values = {"image_id": plan.image_id, "group_id": plan.group_id, "user_id": user_id, "slave_id": None,
               "cores": plan.demand.cores, "ram_mb": plan.demand.ram_mb, "disk_gb": plan.demand.disk_gb,
               "state": InstanceState.PENDING, "kind": InstanceKind.BE, "priority": plan.priority,
-              "register_as_slave": answer["register_as_slave"], "ends_at": None, "created_at": now, "updated_at": now}
+              "register_as_slave": answer["register_as_slave"], "hours": plan.hours, "ends_at": None,
+              "created_at": now, "updated_at": now}
     if plan.slave is None:  # wait or suspend first: keep it in the queue (pending, no slave) for the dispatcher
         inst_id = _NEW_INSTANCE.scalar(tx, values)
         answer["id"] = inst_id
@@ -315,7 +336,12 @@ def _apply_best_effort(tx: db.Direct, plan: ClaimPlan) -> dict[str, Any]:
 
 
 def release(instance_id: Any, state: str = "stopped", url: str | None = None) -> dict[str, Any]:
-    """End an instance: its cores, RAM, disk and addresses go back to the pool."""
+    """End an instance that does not run: its cores, RAM, disk and addresses go back to the pool.
+
+    A VM that runs or is suspended (or whose launch is in progress) is refused with the command to use:
+    its domain and the master's entries must go first (``vcl stop``), or the next VM would get addresses
+    the master still routes to it. A claimed launch that never finished gives its pair back quarantined
+    (reconcile confirms the master carries nothing of it before the pair is used again)."""
     iid = whole("id", instance_id)
     final = InstanceState(state)
     db.require_schema(url)
@@ -326,14 +352,23 @@ def release(instance_id: Any, state: str = "stopped", url: str | None = None) ->
             raise NotFoundError(f"id: no instance {iid}")
         if inst.state in (InstanceState.STOPPED, InstanceState.FAILED, InstanceState.LOST):
             raise ConflictError(f"id: instance {iid} is already {inst.state}")
+        now = config.now()
+        if inst.state in (InstanceState.RUNNING, InstanceState.SUSPENDED):
+            raise ConflictError(f"id: instance {iid} is {inst.state}: stop it with `vcl stop {iid}` (the playbook"
+                                f" vcl.lab.stop removes its domain and the master's entries, then releases it)")
+        if inst.lease_owner is not None and inst.lease_until is not None and inst.lease_until > now:
+            raise ConflictError(f"id: instance {iid} is being launched until {inst.lease_until:%H:%M}: stop it"
+                                f" with `vcl stop {iid}` once the launch ends")
         before = str(inst.state)
         if inst.slave_id is not None:
             holds = inst.state in HOLDS_CAPACITY
             release_slave(session, inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0,
                           inst.disk_gb)
-        release_addresses(session, inst.id)
+        quarantine_addresses(session, inst.id)
+        inst.slave_id = None
+        inst.lease_owner = inst.lease_until = None
         inst.state = final
-        inst.updated_at = config.now()
+        inst.updated_at = now
         audit(session, "instance", inst.id, "release", {"state": before}, {"state": str(final)})
         return instance_row(inst)
 

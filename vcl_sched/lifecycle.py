@@ -18,28 +18,33 @@ Every function validates its input before it opens a write transaction; results 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import config, db, placement, preempt
+from . import config, db, placement, promises
 from .audit import audit
 from .claims import (
     HOLDS_CAPACITY,
     allocate_addresses,
     claim_slave,
     instance_row,
+    quarantine_addresses,
     release_addresses,
     release_slave,
     set_suspended,
     slave_states,
 )
+from .claims import net_gone as claims_net_gone
 from .errors import CapacityError, ConflictError, NotFoundError, ValidationError
 from .models import (
+    AddressPair,
     Group,
     Image,
     Instance,
@@ -56,6 +61,7 @@ from .validate import check_name, iso, whole
 DOMAIN_PREFIX = "vcl-"
 _DOMAIN_RE = re.compile(r"^vcl-([0-9]{1,12})$")
 ENDED = (InstanceState.STOPPED, InstanceState.FAILED, InstanceState.LOST)
+HOUR = timedelta(hours=1)
 
 
 def domain_name(instance_id: int) -> str:
@@ -104,31 +110,130 @@ def describe(instance_id: Any, url: str | None = None) -> dict[str, Any]:
         return _launch_spec(*_load(session, iid))
 
 
-def _give_back(session: Session, inst: Instance) -> None:
-    """Return an instance's claim on its slave and its addresses (the state is the caller's to set)."""
+
+
+def _give_back(session: Session, inst: Instance, net_clean: bool = False) -> None:
+    """Return an instance's claim on its slave and its addresses (the state is the caller's to set).
+
+    With ``net_clean`` (the master's entries of this VM are known to be gone, or were never made) the
+    address pair is free at once; otherwise it is quarantined until ``net_gone``."""
     if inst.slave_id is not None:
         holds = inst.state in HOLDS_CAPACITY
         release_slave(session, inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0,
                       inst.disk_gb)
-    release_addresses(session, inst.id)
+    if net_clean:
+        release_addresses(session, inst.id)
+    else:
+        quarantine_addresses(session, inst.id)
     inst.slave_id = None
     inst.mac = inst.private_ip = inst.public_ip = None
     inst.console_port = None
 
 
-def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | None = None) -> dict[str, Any]:
+# --- one launch per instance: leases -------------------------------------------------------------------
+
+def _leased(inst: Instance, now: datetime) -> bool:
+    return inst.lease_owner is not None and inst.lease_until is not None and inst.lease_until > now
+
+
+def _check_lease(inst: Instance, token: str | None, now: datetime) -> None:
+    """A step of a launch must hold the instance's lease (when it has one); raise naming ``lease``."""
+    if inst.lease_owner is None:
+        if token:
+            raise ConflictError(f"lease: the launch's lease on instance {inst.id} ended (reconcile took the"
+                                " instance back after it expired): this launch stops here")
+        return
+    if token != inst.lease_owner:
+        until = f" until {inst.lease_until:%H:%M}" if inst.lease_until else ""
+        raise ConflictError(f"lease: instance {inst.id} is being launched by another run{until}")
+
+
+def _lease_minutes(session: Session) -> int:
+    return int(getattr(db.load_settings(session), "launch_lease_minutes", 30))
+
+
+def lease(instance_id: Any, url: str | None = None) -> dict[str, Any]:
+    """Take the launch lease of a pending instance (SPEC §4: one launch per instance).
+
+    Returns ``{"lease": token, "refused": ""}``, or ``{"lease": None, "refused": why}`` when another run holds
+    a live lease, the instance is not pending, or its window has passed (it is then ended: never launched)."""
+    iid = whole("id", instance_id)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        inst, slave, image, owner = _load(session, iid)
+        now = config.now()
+        spec = _launch_spec(inst, slave, image, owner)
+        if inst.state != InstanceState.PENDING:
+            return {"lease": None, "refused": f"instance {iid} is {inst.state}: nothing to launch", "instance": spec}
+        if inst.ends_at is not None and inst.ends_at <= now:
+            _give_back(session, inst)
+            inst.state = InstanceState.STOPPED
+            inst.lease_owner = inst.lease_until = None
+            inst.updated_at = now
+            audit(session, "instance", inst.id, "expired", {"state": "pending"},
+                  {"state": "stopped", "ends_at": iso(inst.ends_at)})
+            return {"lease": None, "instance": _launch_spec(inst, None, image, owner),
+                    "refused": f"instance {iid}: its window ended at {iso(inst.ends_at)}: never launched"}
+        if _leased(inst, now):
+            assert inst.lease_until is not None
+            return {"lease": None, "instance": spec,
+                    "refused": f"instance {iid} is being launched by another run until {inst.lease_until:%H:%M}"}
+        token = secrets.token_hex(16)
+        inst.lease_owner = token
+        inst.lease_until = now + timedelta(minutes=_lease_minutes(session))
+        inst.updated_at = now
+        audit(session, "instance", inst.id, "lease", None, {"until": iso(inst.lease_until)})
+        return {"lease": token, "refused": "", "instance": spec}
+
+    return db.write(apply, url)
+
+
+def unlease(instance_id: Any, lease_token: str | None, reason: str = "", url: str | None = None) -> dict[str, Any]:
+    """A launch that ends without running the VM (no slave has room yet) hands its lease back: the instance
+    waits, pending, for the next dispatch. Any claim it still holds goes back (quarantined addresses)."""
+    iid = whole("id", instance_id)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        inst, slave, image, owner = _load(session, iid)
+        if inst.lease_owner is None or inst.state != InstanceState.PENDING:
+            return {**_launch_spec(inst, slave, image, owner), "changed": False}
+        _check_lease(inst, lease_token, config.now())
+        if inst.slave_id is not None or inst.mac:
+            _give_back(session, inst)
+        inst.lease_owner = inst.lease_until = None
+        inst.updated_at = config.now()
+        audit(session, "instance", inst.id, "unlease", None, {"reason": reason[:500]})
+        return {**_launch_spec(inst, None, image, owner), "changed": True}
+
+    return db.write(apply, url)
+
+
+# --- a launch's steps ------------------------------------------------------------------------------------
+
+def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | None = None,
+          lease_token: str | None = None) -> dict[str, Any]:
     """Choose a slave for a pending instance and claim cores, RAM, disk, a MAC and an address pair,
     all in one transaction. An instance that already holds a claim on a slave not in ``exclude`` keeps
-    it (a best-effort request claims when it is accepted). Raises CapacityError, with the filter
-    cascade's reason, when no slave fits."""
+    it (a best-effort request claims when it is accepted). A reserved seat goes to the slave its block's
+    placement assigns it (promises.choose_seat_slave); a queued best-effort VM to a slave where it fits
+    beside every commitment for at least an hour, and its end is fixed now. Raises CapacityError, with
+    the reason, when no slave fits; ConflictError when the instance's window has passed."""
     iid = whole("id", instance_id)
     excluded = set(_names("exclude", exclude))
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
         inst, slave, image, owner = _load(session, iid)
+        now = config.now()
         if inst.state != InstanceState.PENDING:
             raise ConflictError(f"id: instance {iid} is {inst.state}, not pending: nothing to launch")
+        _check_lease(inst, lease_token, now)
+        if inst.ends_at is not None and inst.ends_at <= now:
+            raise ConflictError(f"id: instance {iid}'s window ended at {iso(inst.ends_at)}: it is never launched")
+        if inst.lease_owner is not None:
+            inst.lease_until = now + timedelta(minutes=_lease_minutes(session))
         if slave is not None and slave.name not in excluded and slave.status == SlaveStatus.UP and inst.mac:
             return {**_launch_spec(inst, slave, image, owner), "placed": "kept"}
         if slave is not None or inst.mac:
@@ -136,28 +241,49 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         settings = db.load_settings(session)
         demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)
         states = [s for s in slave_states(session) if s.name not in excluded]
-        chosen = placement.place(states, demand, settings.placement_policy)
-        if chosen.slave is None:
+        lookahead = settings.booking.lookahead_max_hours
+        view = promises.view(session, now, lookahead)
+        running = [h.running_vm() for h in view.holders]
+        if inst.kind == InstanceKind.AR:
+            decision = promises.choose_seat_slave(view, states, demand, inst.reservation_id, inst.seat, running,
+                                                  settings.placement_policy)
+        else:
+            if inst.ends_at is not None:
+                max_hours = max(1, min(lookahead, math.ceil((inst.ends_at - now) / HOUR)))
+            else:
+                max_hours = min(lookahead, inst.hours or lookahead)
+            decision = promises.choose_best_effort(view, states, demand, inst.priority, max_hours,
+                                                   settings.placement_policy, running, allow_preempt=False)
+        if decision.action != "place" or decision.slave is None:
             tried = f" (tried and excluded: {', '.join(sorted(excluded))})" if excluded else ""
-            raise CapacityError(f"instance {iid}: {chosen.reason}{tried}")
-        claim_slave(session, chosen.slave, demand)
-        inst.slave_id = chosen.slave.id
+            why = decision.reason or ("its slave has no room until best-effort VMs there are suspended"
+                                      " (dispatch does it)")
+            raise CapacityError(f"instance {iid}: {why}{tried}")
+        chosen = decision.slave
+        claim_slave(session, chosen, demand)
+        inst.slave_id = chosen.id
+        if inst.kind == InstanceKind.BE and inst.ends_at is None:
+            inst.ends_at = now + decision.hours * HOUR  # a queued request's end is fixed when it launches
         session.flush()
         allocate_addresses(session, inst.id, settings.mac_prefix)
         session.refresh(inst)
-        inst.updated_at = config.now()
-        slave_row = session.get(Slave, chosen.slave.id)
+        inst.updated_at = now
+        slave_row = session.get(Slave, chosen.id)
         spec = _launch_spec(inst, slave_row, image, owner)
         audit(session, "instance", inst.id, "claim", None,
-              {k: spec[k] for k in ("slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip")})
-        return {**spec, "placed": "claimed", "explain": chosen.explain()}
+              {k: spec[k] for k in ("slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip",
+                                    "ends_at")})
+        return {**spec, "placed": "claimed", "hours": decision.hours if inst.kind == InstanceKind.BE else None}
 
     return db.write(apply, url)
 
 
-def unplace(instance_id: Any, reason: str = "", url: str | None = None) -> dict[str, Any]:
-    """Undo a launch's claim (a step on the hosts failed): the slave's cores, RAM and disk and the
-    addresses go back; the instance is pending again, with no slave, ready for the next candidate."""
+def unplace(instance_id: Any, reason: str = "", url: str | None = None, lease_token: str | None = None,
+            net_clean: bool = False) -> dict[str, Any]:
+    """Undo a launch's claim (a step on the hosts failed): the slave's cores, RAM and disk go back, and the
+    address pair too once the master's entries are gone (``net_clean``; otherwise it is quarantined until
+    ``net_gone``). The instance is pending again, with no slave, ready for the next candidate; the launch
+    keeps its lease."""
     iid = whole("id", instance_id)
     db.require_schema(url)
 
@@ -165,18 +291,20 @@ def unplace(instance_id: Any, reason: str = "", url: str | None = None) -> dict[
         inst, slave, image, owner = _load(session, iid)
         if inst.state != InstanceState.PENDING:
             raise ConflictError(f"id: instance {iid} is {inst.state}: only a pending launch can be undone")
+        _check_lease(inst, lease_token, config.now())
         before = {"slave": slave.name if slave else None, "private_ip": inst.private_ip,
                   "public_ip": inst.public_ip, "mac": inst.mac}
-        _give_back(session, inst)
+        _give_back(session, inst, net_clean=net_clean)
         inst.updated_at = config.now()
-        audit(session, "instance", inst.id, "unclaim", before, {"reason": reason[:500]})
+        audit(session, "instance", inst.id, "unclaim", before, {"reason": reason[:500], "net_clean": net_clean})
         return _launch_spec(inst, None, image, owner)
 
     return db.write(apply, url)
 
 
-def mark_running(instance_id: Any, console_port: Any = None, url: str | None = None) -> dict[str, Any]:
-    """The domain runs on its slave with its DHCP entry and DNAT in place: record it."""
+def mark_running(instance_id: Any, console_port: Any = None, url: str | None = None,
+                 lease_token: str | None = None) -> dict[str, Any]:
+    """The domain runs on its slave with its DHCP entry and DNAT in place: record it (the lease ends)."""
     iid = whole("id", instance_id)
     port = whole("console_port", console_port, 1, 65535) if console_port not in (None, "", -1) else None
     db.require_schema(url)
@@ -185,12 +313,15 @@ def mark_running(instance_id: Any, console_port: Any = None, url: str | None = N
         inst, slave, image, owner = _load(session, iid)
         if inst.state == InstanceState.RUNNING and inst.console_port == port:
             return {**_launch_spec(inst, slave, image, owner), "changed": False}
+        now = config.now()
+        if inst.state == InstanceState.PENDING:
+            _check_lease(inst, lease_token, now)
         if inst.state != InstanceState.PENDING or slave is None or not inst.mac:
             raise ConflictError(f"id: instance {iid} is {inst.state} without a claim: it cannot be running")
-        now = config.now()
         inst.state = InstanceState.RUNNING
         inst.console_port = port
         inst.started_at = inst.started_at or now
+        inst.lease_owner = inst.lease_until = None
         inst.updated_at = now
         audit(session, "instance", inst.id, "running", {"state": "pending"},
               {"state": "running", "slave": slave.name, "console_port": port})
@@ -199,7 +330,8 @@ def mark_running(instance_id: Any, console_port: Any = None, url: str | None = N
     return db.write(apply, url)
 
 
-def mark_failed(instance_id: Any, reason: str, url: str | None = None) -> dict[str, Any]:
+def mark_failed(instance_id: Any, reason: str, url: str | None = None, lease_token: str | None = None,
+                net_clean: bool = False) -> dict[str, Any]:
     """No slave could take the instance: it ends as failed, with the reason in the audit log."""
     iid = whole("id", instance_id)
     db.require_schema(url)
@@ -208,27 +340,22 @@ def mark_failed(instance_id: Any, reason: str, url: str | None = None) -> dict[s
         inst, slave, image, owner = _load(session, iid)
         if inst.state in ENDED:
             return {**_launch_spec(inst, slave, image, owner), "changed": False}
+        _check_lease(inst, lease_token, config.now())
         before = str(inst.state)
-        _give_back(session, inst)
+        _give_back(session, inst, net_clean=net_clean)
         inst.state = InstanceState.FAILED
+        inst.lease_owner = inst.lease_until = None
         inst.updated_at = config.now()
-        _end_reservation(session, inst)
         audit(session, "instance", inst.id, "failed", {"state": before}, {"reason": reason[:500]})
         return {**_launch_spec(inst, None, image, owner), "changed": True}
 
     return db.write(apply, url)
 
 
-def _end_reservation(session: Session, inst: Instance) -> None:
-    if inst.reservation_id is not None:
-        res = session.get(Reservation, inst.reservation_id)
-        if res is not None and res.state == ReservationState.ACTIVE:
-            res.state = ReservationState.DONE
-
-
-def stop(instance_id: Any, state: str = "stopped", url: str | None = None) -> dict[str, Any]:
-    """The domain is gone from its slave and the master forgets the VM: release everything.
-    Stopping an instance that already ended is not an error (a stop run may be repeated)."""
+def stop(instance_id: Any, state: str = "stopped", url: str | None = None, net_clean: bool = True) -> dict[str, Any]:
+    """The domain is gone from its slave and the master forgets the VM (the stop playbook removed its entries
+    first, hence ``net_clean``): release everything. Stopping an instance that already ended is not an error
+    (a stop run may be repeated)."""
     iid = whole("id", instance_id)
     final = InstanceState(state)
     db.require_schema(url)
@@ -236,14 +363,42 @@ def stop(instance_id: Any, state: str = "stopped", url: str | None = None) -> di
     def apply(session: Session) -> dict[str, Any]:
         inst, slave, image, owner = _load(session, iid)
         if inst.state in ENDED:
+            if net_clean:
+                net_gone_in(session, inst.id)
             return {**_launch_spec(inst, slave, image, owner), "changed": False}
         before = str(inst.state)
-        _give_back(session, inst)
+        _give_back(session, inst, net_clean=net_clean)
         inst.state = final
+        inst.lease_owner = inst.lease_until = None
         inst.updated_at = config.now()
-        _end_reservation(session, inst)
         audit(session, "instance", inst.id, "release", {"state": before}, {"state": str(final)})
         return {**_launch_spec(inst, None, image, owner), "changed": True}
+
+    return db.write(apply, url)
+
+
+def net_gone_in(session: Session, iid: int) -> int:
+    freed = claims_net_gone(session, iid)
+    inst = session.get(Instance, iid)
+    if inst is not None and inst.state in ENDED:
+        held = session.scalar(select(AddressPair.id).where(AddressPair.instance_id == iid))
+        if held is not None:
+            release_addresses(session, iid)
+            freed += 1
+    return freed
+
+
+def net_gone(instance_id: Any, url: str | None = None) -> dict[str, Any]:
+    """The master's entries of an instance (DHCP host, alias, DNAT chain) are confirmed gone: its
+    quarantined address pair is free again."""
+    iid = whole("id", instance_id)
+    db.require_schema(url)
+
+    def apply(session: Session) -> dict[str, Any]:
+        freed = net_gone_in(session, iid)
+        if freed:
+            audit(session, "instance", iid, "net_gone", None, {"pairs_freed": freed})
+        return {"id": iid, "changed": bool(freed), "pairs_freed": freed}
 
     return db.write(apply, url)
 
@@ -254,9 +409,32 @@ def _order(priority: float, ras: int, seq: int) -> tuple:
     return service_order_key(priority, ras, seq)
 
 
+def _queue_key(inst: Instance) -> tuple:
+    """Order of service for waiting instances: reserved seats first (SPEC §4: an AR never waits behind a
+    best-effort VM), by their reservation's order and seat; then best-effort requests by SPEC §3's order,
+    a requeued request keeping its first place in the queue."""
+    if inst.kind == InstanceKind.AR:
+        return (0, *_order(inst.priority, inst.register_as_slave, inst.reservation_id or 0), inst.seat or 0)
+    return (1, *_order(inst.priority, inst.register_as_slave, inst.requeued_from or inst.id), 0)
+
+
+def _new_seat(session: Session, res: Reservation, seat: int, at: datetime,
+              requeued_from: int | None = None) -> Instance:
+    image = session.get(Image, res.image_id) if res.image_id is not None else None
+    inst = Instance(image_id=res.image_id, slave_id=None, reservation_id=res.id, group_id=res.group_id,
+                    user_id=res.user_id, cores=res.cores, ram_mb=res.ram_mb,
+                    disk_gb=image.default_disk_gb if image else 0, state=InstanceState.PENDING,
+                    kind=InstanceKind.AR, priority=res.priority, register_as_slave=res.register_as_slave,
+                    seat=seat, ends_at=res.end, requeued_from=requeued_from, created_at=at, updated_at=at)
+    session.add(inst)
+    session.flush()
+    return inst
+
+
 def start_due_reservations(now: datetime | None = None, url: str | None = None) -> list[dict[str, Any]]:
-    """Accepted reservations whose window has begun get their instance (pending, kind AR, ending with
-    the window) and become active; ones whose window passed unserved are done. One transaction."""
+    """Accepted reservations whose window has begun get one pending instance per seat (kind AR, ending with
+    the window) and become active; ones whose window passed unserved, and active ones whose window ended,
+    are done. One transaction."""
     db.require_schema(url)
 
     def apply(session: Session) -> list[dict[str, Any]]:
@@ -272,19 +450,19 @@ def start_due_reservations(now: datetime | None = None, url: str | None = None) 
                 res.reason = (res.reason + "; " if res.reason else "") + "its window passed before a dispatch ran"
                 audit(session, "reservation", res.id, "expired", {"state": "accepted"}, {"state": "done"})
                 continue
-            image = session.get(Image, res.image_id) if res.image_id is not None else None
-            inst = Instance(image_id=res.image_id, slave_id=None, reservation_id=res.id, group_id=res.group_id,
-                            user_id=res.user_id, cores=res.cores, ram_mb=res.ram_mb,
-                            disk_gb=image.default_disk_gb if image else 0, state=InstanceState.PENDING,
-                            kind=InstanceKind.AR, priority=res.priority, register_as_slave=res.register_as_slave,
-                            ends_at=res.end, created_at=at, updated_at=at)
-            session.add(inst)
-            session.flush()
+            ids = [_new_seat(session, res, n, at).id for n in range(res.seats)]
             res.state = ReservationState.ACTIVE
             audit(session, "reservation", res.id, "active", {"state": "accepted"},
-                  {"state": "active", "instance": inst.id})
-            audit(session, "instance", inst.id, "queued", None, {"reservation": res.id, "kind": "AR"})
-            started.append({"reservation": res.id, "id": inst.id, "cores": res.cores, "ends_at": iso(res.end)})
+                  {"state": "active", "instances": ids})
+            for iid in ids:
+                audit(session, "instance", iid, "queued", None, {"reservation": res.id, "kind": "AR"})
+            started.append({"reservation": res.id, "id": ids[0], "ids": ids, "seats": res.seats, "cores": res.cores,
+                            "ends_at": iso(res.end)})
+        ended = session.scalars(select(Reservation).where(Reservation.state == ReservationState.ACTIVE,
+                                                          Reservation.end <= at))
+        for res in list(ended):
+            res.state = ReservationState.DONE
+            audit(session, "reservation", res.id, "done", {"state": "active"}, {"state": "done"})
         return started
 
     return db.write(apply, url)
@@ -294,18 +472,21 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
     """What a dispatch run does now, decided on one snapshot (the playbook then acts, and every action
     is its own transaction on the hosts' outcome):
 
-    1. ``stop``: running or suspended VMs whose time is up.
-    2. ``suspend`` then ``launch``: waiting instances (due reservations and queued requests), highest
-       priority first (SPEC §3: then clients that register as slaves, then first come). One that fits
-       is launched; one that does not may suspend lower-priority best-effort VMs on one slave; equal
-       priority waits.
-    3. ``resume``: suspended VMs whose slave has room again, most important first, unless a more
-       important instance still waits.
+    1. ``stop``: VMs whose time is up, and pending instances whose window passed (never launched).
+    2. ``suspend`` then ``launch``: waiting instances: reserved seats first, each on the slave its block's
+       placement assigns it, suspending best-effort VMs there whatever their priority (SPEC §4); then
+       best-effort requests, highest priority first (then clients that register as slaves, then first
+       come), each only where it fits beside every commitment for at least an hour (promises), and only
+       suspending VMs of strictly lower priority; equal priority waits. Instances a launch holds (a live
+       lease) are left to it.
+    3. ``resume``: suspended VMs whose slave has room again until their end, most important first, unless
+       a more important instance still waits.
     """
     db.require_schema(url)
     at = now or config.now()
     with db.read(url) as session:
         settings = db.load_settings(session)
+        lookahead = settings.booking.lookahead_max_hours
         states = {s.id: s for s in slave_states(session)}
         rows = session.scalars(select(Instance).where(
             Instance.state.in_((InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDED)))
@@ -320,63 +501,88 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
                                                        ram_mb_used=st.ram_mb_used - ram,
                                                        disk_gb_used=st.disk_gb_used - disk)
 
-        # 1. expired VMs end first: their resources serve this very run.
+        # 1. what expired ends first: its resources serve this very run.
         alive = []
         for inst in rows:
-            if inst.state != InstanceState.PENDING and inst.ends_at is not None and inst.ends_at <= at:
+            if inst.ends_at is not None and inst.ends_at <= at:
+                if inst.state == InstanceState.PENDING and _leased(inst, at):
+                    plan["notes"].append(f"#{inst.id} expired while a launch holds it; that launch ends it")
+                    alive.append(inst)
+                    continue
                 plan["stop"].append(inst.id)
+                if inst.state == InstanceState.PENDING:
+                    plan["notes"].append(f"#{inst.id}: its window ended at {iso(inst.ends_at)}: never launched")
                 holds = inst.state in HOLDS_CAPACITY
                 freed(inst.slave_id, inst.cores if holds else 0, inst.ram_mb if holds else 0, inst.disk_gb)
             else:
                 alive.append(inst)
 
-        running = [preempt.RunningVM(i.id, i.slave_id, i.cores, i.ram_mb, i.priority, i.register_as_slave,
-                                     seq=i.id, kind=str(i.kind))
-                   for i in alive if i.state in HOLDS_CAPACITY and i.slave_id is not None]
-        # Pending instances that hold a claim (accepted best-effort requests) are launched as they are.
-        waiting = sorted((i for i in alive if i.state == InstanceState.PENDING),
-                         key=lambda i: _order(i.priority, i.register_as_slave, i.id))
+        view = promises.view(session, at, lookahead, skip=frozenset(plan["stop"]))
+        running = [h.running_vm() for h in view.holders]
         victims: set[int] = set()
         first_waiting: tuple | None = None
-        for inst in waiting:
-            if inst.slave_id is not None and inst.mac:
-                plan["launch"].append(inst.id)
+        for inst in sorted((i for i in alive if i.state == InstanceState.PENDING), key=_queue_key):
+            if _leased(inst, at):
+                assert inst.lease_until is not None
+                plan["notes"].append(f"#{inst.id} is being launched by another run until {inst.lease_until:%H:%M}")
+                continue
+            claimed = states.get(inst.slave_id) if inst.slave_id is not None and inst.mac else None
+            if claimed is not None and claimed.status == "up":
+                plan["launch"].append(inst.id)  # claimed when it was accepted: launched as it is
                 continue
             demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)
             candidates = [vm for vm in running if vm.id not in victims]
-            decision = preempt.plan(list(states.values()), demand, inst.priority, candidates,
-                                    settings.placement_policy)
-            if decision.action == "place" and decision.slave is not None:
-                states[decision.slave.id] = states[decision.slave.id].claimed(demand)
-                plan["launch"].append(inst.id)
-            elif decision.action == "suspend" and decision.slave is not None:
+            slaves = list(states.values())
+            if inst.kind == InstanceKind.AR:
+                decision = promises.choose_seat_slave(view, slaves, demand, inst.reservation_id, inst.seat,
+                                                      candidates, settings.placement_policy)
+            else:
+                max_hours = min(lookahead, inst.hours or lookahead)
+                decision = promises.choose_best_effort(view, slaves, demand, inst.priority, max_hours,
+                                                       settings.placement_policy, candidates)
+            if decision.action in ("place", "suspend") and decision.slave is not None:
                 for vm in decision.victims:
                     victims.add(vm.id)
                     plan["suspend"].append(vm.id)
                     freed(vm.slave_id, vm.cores, vm.ram_mb, 0)
+                    view.ledger.remove(("vm", vm.id, vm.kind, vm.priority))
                 states[decision.slave.id] = states[decision.slave.id].claimed(demand)
+                if inst.kind == InstanceKind.BE:
+                    view.ledger.add(decision.slave.id, at, at + decision.hours * HOUR, inst.cores, inst.ram_mb,
+                                    ("vm", inst.id, InstanceKind.BE, inst.priority))
+                elif view.seat_slave(inst.reservation_id, inst.seat) != decision.slave.id:
+                    view.ledger.add(decision.slave.id, at, inst.ends_at, inst.cores, inst.ram_mb,
+                                    ("vm", inst.id, InstanceKind.AR, inst.priority))
                 plan["launch"].append(inst.id)
-                plan["notes"].append(f"#{inst.id}: {decision.reason}")
+                if decision.victims:
+                    plan["notes"].append(f"#{inst.id}: {decision.reason}")
             else:
                 plan["wait"].append(inst.id)
                 plan["notes"].append(f"#{inst.id} waits: {decision.reason}")
                 if first_waiting is None:
-                    first_waiting = _order(inst.priority, inst.register_as_slave, inst.id)
+                    first_waiting = _queue_key(inst)
 
         # 3. resume, most important first, while nothing more important waits.
         suspended = sorted((i for i in alive if i.state == InstanceState.SUSPENDED and i.id not in victims),
-                           key=lambda i: _order(i.priority, i.register_as_slave, i.id))
+                           key=_queue_key)
         for inst in suspended:
-            if first_waiting is not None and first_waiting < _order(inst.priority, inst.register_as_slave, inst.id):
+            if first_waiting is not None and first_waiting < _queue_key(inst):
                 plan["notes"].append(f"#{inst.id} stays suspended: a more important request waits")
                 continue
             slave = states.get(inst.slave_id) if inst.slave_id is not None else None
             if slave is None or slave.status != "up":
                 continue
-            demand = placement.Demand(inst.cores, inst.ram_mb, 0)
-            if slave.free_cores >= inst.cores and slave.free_ram_mb >= inst.ram_mb:
-                states[slave.id] = slave.claimed(demand)
-                plan["resume"].append(inst.id)
+            if slave.free_cores < inst.cores or slave.free_ram_mb < inst.ram_mb:
+                continue
+            until = view.ledger.free_until(slave.id, inst.cores, inst.ram_mb)
+            if until is not None and (inst.ends_at is None or until < inst.ends_at):
+                plan["notes"].append(f"#{inst.id} stays suspended: {slave.name}'s cores are committed from"
+                                     f" {until:%H:%M}, before it ends")
+                continue
+            states[slave.id] = slave.claimed(placement.Demand(inst.cores, inst.ram_mb, 0))
+            view.ledger.add(slave.id, at, inst.ends_at, inst.cores, inst.ram_mb,
+                            ("vm", inst.id, str(inst.kind), inst.priority))
+            plan["resume"].append(inst.id)
         return plan
 
 
@@ -392,14 +598,61 @@ def suspended(instance_id: Any, is_suspended: bool, url: str | None = None) -> d
 
 # --- reconcile ------------------------------------------------------------------------------------
 
+def _requeue(session: Session, inst: Instance, now: datetime, lookahead: int) -> Instance | None:
+    """A lost VM's place comes back (SPEC §4): a reserved seat is launched again (elsewhere) while its window
+    lasts; a best-effort request goes back to the queue with its priority, its first place in the queue and
+    the hours it had left."""
+    root = inst.requeued_from or inst.id
+    if inst.kind == InstanceKind.AR:
+        res = session.get(Reservation, inst.reservation_id) if inst.reservation_id is not None else None
+        if res is None or res.state != ReservationState.ACTIVE or res.end is None or res.end <= now:
+            return None
+        return _new_seat(session, res, inst.seat or 0, now, root)
+    if inst.ends_at is not None and inst.ends_at <= now:
+        return None
+    left = math.ceil((inst.ends_at - now) / HOUR) if inst.ends_at is not None else (inst.hours or 1)
+    new = Instance(image_id=inst.image_id, slave_id=None, reservation_id=None, group_id=inst.group_id,
+                   user_id=inst.user_id, cores=inst.cores, ram_mb=inst.ram_mb, disk_gb=inst.disk_gb,
+                   state=InstanceState.PENDING, kind=InstanceKind.BE, priority=inst.priority,
+                   register_as_slave=inst.register_as_slave, hours=max(1, min(lookahead, left)), ends_at=None,
+                   requeued_from=root, created_at=now, updated_at=now)
+    session.add(new)
+    session.flush()
+    return new
+
+
+def _lose(session: Session, inst: Instance, why: str, now: datetime, lookahead: int,
+          result: dict[str, Any]) -> None:
+    before = str(inst.state)
+    slave = inst.slave_id
+    _give_back(session, inst)
+    inst.state = InstanceState.LOST
+    inst.lease_owner = inst.lease_until = None
+    inst.updated_at = now
+    audit(session, "instance", inst.id, "lost", {"state": before, "slave": slave}, {"state": "lost", "reason": why})
+    result["lost"].append(inst.id)
+    new = _requeue(session, inst, now, lookahead)
+    if new is not None:
+        audit(session, "instance", new.id, "queued", None, {"requeued_from": inst.id, "kind": str(new.kind)})
+        result["requeued"].append({"lost": inst.id, "id": new.id, "kind": str(new.kind)})
+
+
 def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, Any]:
-    """Compare the database with what the slaves report (SPEC §6).
+    """Compare the database with what the slaves report (SPEC §4, §6).
 
     ``observed`` maps each slave name to ``{"reachable": bool, "domains": {name: state}, "facts": {cores,
-    ram_mb, disk_gb} (optional)}``. A running or suspended VM whose domain vanished from a reachable
-    slave becomes lost and frees its resources; an unreachable slave becomes down (no new VMs); a down
-    slave that answers again is up; capacity is refreshed from the facts. Domains libvirt has that the
-    database does not know are reported as orphans (left alone: an admin decides)."""
+    ram_mb, disk_gb} (optional)}``; a name with state ``files`` is an overlay or log with no domain.
+
+    - A slave that does not answer becomes down (no new VMs) and takes its VMs with it: they become lost,
+      their claims are freed; a reserved seat gets a new pending instance (launched elsewhere by the next
+      dispatch while the pool has room), a best-effort request goes back to the queue with its priority.
+      A claimed launch on it that nobody holds any more is simply unclaimed (still pending).
+    - On a slave that answers, a running or suspended VM whose domain vanished is lost the same way; a
+      down slave that answers again is up; capacity is refreshed from the facts.
+    - A launch whose lease expired (its launcher died) gives its claim back; the instance is pending again.
+    - ``orphans``: every ``vcl-<id>`` domain or leftover file on a slave that answers which the database does
+      not place on that slave (the playbook removes them); ``unnet``: instances whose entries the master may
+      still carry (the playbook removes them and calls ``net_gone``); ``requeued``; ``leases_expired``."""
     reports: dict[str, dict[str, Any]] = {}
     for name, report in observed.items():
         name = check_name("slave", name)
@@ -420,8 +673,19 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
-        result: dict[str, Any] = {"lost": [], "down": [], "up": [], "orphans": [], "capacity": [], "ok": []}
+        result: dict[str, Any] = {"lost": [], "down": [], "up": [], "orphans": [], "capacity": [], "ok": [],
+                                  "unnet": [], "requeued": [], "leases_expired": []}
         now = config.now()
+        lookahead = db.load_settings(session).booking.lookahead_max_hours
+        # Launches whose launcher died: the claim goes back (quarantined: the master may carry its entries).
+        for inst in session.scalars(select(Instance).where(Instance.state == InstanceState.PENDING,
+                                                           Instance.lease_until.is_not(None),
+                                                           Instance.lease_until <= now).order_by(Instance.id)).all():
+            _give_back(session, inst)
+            inst.lease_owner = inst.lease_until = None
+            inst.updated_at = now
+            audit(session, "instance", inst.id, "lease_expired", None, {"state": "pending"})
+            result["leases_expired"].append(inst.id)
         for slave in session.scalars(select(Slave).where(Slave.name.in_(list(reports))).order_by(Slave.id)).all():
             report = reports[slave.name]
             wanted, was = ((SlaveStatus.DOWN, SlaveStatus.UP) if not report["reachable"]
@@ -432,46 +696,56 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
                 slave.generation += 1
                 slave.updated_at = now
                 result[str(wanted)].append(slave.name)
+            on_slave = session.scalars(select(Instance).where(
+                Instance.slave_id == slave.id,
+                Instance.state.in_((InstanceState.RUNNING, InstanceState.SUSPENDED, InstanceState.PENDING)))
+                .order_by(Instance.id)).all()
             if not report["reachable"]:
+                for inst in on_slave:
+                    if inst.state == InstanceState.PENDING:
+                        if not _leased(inst, now):  # a claim nobody launches: give it back, keep it queued
+                            _give_back(session, inst)
+                            inst.updated_at = now
+                            audit(session, "instance", inst.id, "unclaim", None,
+                                  {"reason": f"slave {slave.name} does not answer"})
+                        continue
+                    _lose(session, inst, f"slave {slave.name} does not answer", now, lookahead, result)
                 continue
             domains = report["domains"]
-            known = set()
-            insts = session.scalars(select(Instance).where(
-                Instance.slave_id == slave.id,
-                Instance.state.in_((InstanceState.RUNNING, InstanceState.SUSPENDED)))).all()
-            for inst in insts:
+            placed = set()
+            for inst in on_slave:
                 name = domain_name(inst.id)
-                known.add(name)
-                if name in domains:
+                placed.add(name)
+                if inst.state == InstanceState.PENDING:
+                    continue
+                if domains.get(name) not in (None, "files"):
                     result["ok"].append(inst.id)
                     continue
-                before = str(inst.state)
-                _give_back(session, inst)
-                inst.state = InstanceState.LOST
-                inst.updated_at = now
-                _end_reservation(session, inst)
-                audit(session, "instance", inst.id, "lost", {"state": before, "slave": slave.name},
-                      {"state": "lost", "reason": f"domain {name} is not on {slave.name}"})
-                result["lost"].append(inst.id)
-            pending = {domain_name(i) for i in session.scalars(select(Instance.id).where(
-                Instance.slave_id == slave.id, Instance.state == InstanceState.PENDING))}
-            for name in sorted(set(domains) - known - pending):
+                _lose(session, inst, f"domain {name} is not on {slave.name}", now, lookahead, result)
+                placed.discard(name)
+            for name in sorted(set(domains) - placed):
                 if _DOMAIN_RE.match(name):
                     result["orphans"].append({"slave": slave.name, "domain": name})
             facts = report["facts"]
             if facts:
                 session.flush()
                 current = (slave.cores_total, slave.ram_mb_total, slave.disk_gb_total)
-                wanted = (max(facts["cores"], slave.cores_used), max(facts["ram_mb"], slave.ram_mb_used),
-                          max(facts["disk_gb"], slave.disk_gb_used))
-                if current != wanted:
-                    slave.cores_total, slave.ram_mb_total, slave.disk_gb_total = wanted
+                wanted_cap = (max(facts["cores"], slave.cores_used), max(facts["ram_mb"], slave.ram_mb_used),
+                              max(facts["disk_gb"], slave.disk_gb_used))
+                if current != wanted_cap:
+                    slave.cores_total, slave.ram_mb_total, slave.disk_gb_total = wanted_cap
                     slave.generation += 1
                     slave.updated_at = now
                     audit(session, "slave", slave.id, "capacity",
                           dict(zip(("cores", "ram_mb", "disk_gb"), current, strict=True)),
-                          dict(zip(("cores", "ram_mb", "disk_gb"), wanted, strict=True)))
+                          dict(zip(("cores", "ram_mb", "disk_gb"), wanted_cap, strict=True)))
                     result["capacity"].append(slave.name)
+        session.flush()
+        stale = set(session.scalars(select(AddressPair.stale_instance).where(AddressPair.stale_instance.is_not(None))))
+        ended = set(session.scalars(select(AddressPair.instance_id)
+                                    .join(Instance, Instance.id == AddressPair.instance_id)
+                                    .where(Instance.state.in_(ENDED))))
+        result["unnet"] = sorted(stale | ended)
         return result
 
     return db.write(apply, url)

@@ -150,8 +150,9 @@ class Reservation(Base):
     group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)
-    cores: Mapped[int] = mapped_column(Integer)
-    ram_mb: Mapped[int] = mapped_column(Integer)
+    seats: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # N seats of (cores, RAM)
+    cores: Mapped[int] = mapped_column(Integer)  # per seat
+    ram_mb: Mapped[int] = mapped_column(Integer)  # per seat
     requested_start: Mapped[datetime] = mapped_column(DateTime)
     start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     end: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -168,7 +169,7 @@ class Reservation(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_state", "state"),)
+    __table_args__ = (Index("ix_instances_state", "state"), Index("ix_instances_reservation_id", "reservation_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)
     slave_id: Mapped[int | None] = mapped_column(ForeignKey("slaves.id"), nullable=True)
@@ -186,6 +187,12 @@ class Instance(Base):
     kind: Mapped[InstanceKind] = mapped_column(_enum(InstanceKind, "instance_kind"))
     priority: Mapped[float] = mapped_column(Float)
     register_as_slave: Mapped[int] = mapped_column(Integer, default=0)
+    seat: Mapped[int | None] = mapped_column(Integer, nullable=True)  # AR: which seat of its reservation
+    hours: Mapped[int | None] = mapped_column(Integer, nullable=True)  # BE: asked for; the end is fixed at launch
+    # A request put back in the queue after its slave died: its first instance (its place in the queue).
+    requeued_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a launch in progress
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ends_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -206,6 +213,9 @@ class AddressPair(Base):
     public_ip: Mapped[str] = mapped_column(String(45), unique=True)
     instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), nullable=True, unique=True)
     mac: Mapped[str | None] = mapped_column(String(17), nullable=True, unique=True)
+    # Given back while the master may still carry that instance's DHCP host, alias and DNAT chain: the pair
+    # is free only once they are confirmed gone (lifecycle.net_gone).
+    stale_instance: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class Setting(Base):

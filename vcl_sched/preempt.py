@@ -40,7 +40,7 @@ class Preemption:
     placement: Placement | None = None
 
 
-def _victim_order(vm: RunningVM) -> tuple:
+def victim_order(vm: RunningVM) -> tuple:
     # The reverse of service order: the VM that would be served last is suspended first.
     key = service_order_key(vm.priority, vm.register_as_slave, vm.seq)
     return tuple(-k for k in key)
@@ -65,7 +65,7 @@ def plan(slaves: Sequence[SlaveState], demand: Demand, priority: float, running:
             continue
         cores, ram = slave.free_cores, slave.free_ram_mb
         chosen: list[RunningVM] = []
-        for vm in sorted(eligible.get(slave.id, ()), key=_victim_order):
+        for vm in sorted(eligible.get(slave.id, ()), key=victim_order):
             if cores >= demand.cores and ram >= demand.ram_mb:
                 break
             chosen.append(vm)

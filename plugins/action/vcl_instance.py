@@ -10,8 +10,8 @@ from typing import Any
 from ansible.errors import AnsibleActionFail
 from ansible_collections.vcl.lab.plugins.plugin_utils.vcl_controller import VclControllerAction
 
-ACTIONS = ["describe", "place", "unplace", "running", "failed", "suspended", "resumed", "stopped", "start_due",
-           "dispatch_plan", "reconcile"]  # fmt: skip
+ACTIONS = ["describe", "lease", "unlease", "place", "unplace", "running", "failed", "suspended", "resumed", "stopped",
+           "net_gone", "start_due", "dispatch_plan", "reconcile"]  # fmt: skip
 NEEDS_ID = set(ACTIONS) - {"start_due", "dispatch_plan", "reconcile"}
 READ_ONLY = {"describe", "dispatch_plan"}
 
@@ -25,6 +25,8 @@ ARGUMENT_SPEC = {
     "console_port": {"type": "raw"},
     "reason": {"type": "str", "default": ""},
     "observed": {"type": "dict", "default": {}},
+    "lease": {"type": "str", "no_log": False},
+    "net_clean": {"type": "bool", "default": False},
 }
 
 
@@ -43,15 +45,26 @@ class ActionModule(VclControllerAction):
             return {"changed": True}
         if action == "describe":
             return {"changed": False, "instance": lifecycle.describe(iid, url)}
+        token = args["lease"] or None
+        if action == "lease":
+            taken = lifecycle.lease(iid, url)
+            return {"changed": taken["lease"] is not None or taken["instance"]["state"] != "pending", **taken}
         if action == "place":
-            row = lifecycle.place(iid, args["exclude"], url)
+            row = lifecycle.place(iid, args["exclude"], url, lease_token=token)
             return {"changed": row["placed"] == "claimed", "instance": row}
         if action == "unplace":
-            return {"changed": True, "instance": lifecycle.unplace(iid, args["reason"], url)}
+            row = lifecycle.unplace(iid, args["reason"], url, lease_token=token, net_clean=args["net_clean"])
+            return {"changed": True, "instance": row}
+        if action == "unlease":
+            row = lifecycle.unlease(iid, token, args["reason"], url)
+            return {"changed": row.pop("changed"), "instance": row}
+        if action == "net_gone":
+            gone = lifecycle.net_gone(iid, url)
+            return {"changed": gone["changed"], "pairs_freed": gone["pairs_freed"]}
         if action == "running":
-            row = lifecycle.mark_running(iid, args["console_port"], url)
+            row = lifecycle.mark_running(iid, args["console_port"], url, lease_token=token)
         elif action == "failed":
-            row = lifecycle.mark_failed(iid, args["reason"], url)
+            row = lifecycle.mark_failed(iid, args["reason"], url, lease_token=token, net_clean=args["net_clean"])
         elif action in ("suspended", "resumed"):
             row = lifecycle.suspended(iid, action == "suspended", url)
         elif action == "stopped":
@@ -63,6 +76,6 @@ class ActionModule(VclControllerAction):
             return {"changed": False, "plan": lifecycle.dispatch_plan(url=url)}
         else:  # reconcile
             reconciled = lifecycle.reconcile(args["observed"], url)
-            changed = any(reconciled[k] for k in ("lost", "down", "up", "capacity"))
+            changed = any(reconciled[k] for k in ("lost", "down", "up", "capacity", "requeued", "leases_expired"))
             return {"changed": changed, "reconciled": reconciled}
         return {"changed": row.pop("changed"), "instance": row}

@@ -24,6 +24,7 @@ ARGUMENT_SPEC = {
     "member": {"type": "raw", "default": 0},
     "image": {"type": "str"},
     "disk_gb": {"type": "raw"},
+    "seats": {"type": "raw", "default": 1},
 }
 
 
@@ -41,12 +42,14 @@ class ActionModule(VclControllerAction):
         }  # fmt: skip
         start = (args["start"] or "now").strip()
         if start.lower() == "now":
+            if str(args["seats"]).strip() not in ("1", ""):
+                raise AnsibleActionFail("seats: a best-effort request (start=now) is one VM; book seats with a start")
             result = service.request(disk_gb=args["disk_gb"], **common)
             kind = "BE"
         else:
             if args["disk_gb"] is not None:
                 raise AnsibleActionFail("disk_gb: only a best-effort request (start=now) takes a disk size;"
                                         " a reservation uses the image's")
-            result = service.reserve(start=start, **common)
+            result = service.reserve(start=start, seats=args["seats"], **common)
             kind = "AR"
         return {"changed": result.get("id") is not None, "result": result, "kind": kind}

@@ -29,8 +29,8 @@ options:
     description: The step.
     type: str
     required: true
-    choices: [describe, place, unplace, running, failed, suspended, resumed, stopped, start_due, dispatch_plan,
-              reconcile]
+    choices: [describe, lease, unlease, place, unplace, running, failed, suspended, resumed, stopped, net_gone,
+              start_due, dispatch_plan, reconcile]
   id:
     description: The instance; required by every action but C(start_due), C(dispatch_plan) and C(reconcile).
     type: raw
@@ -49,8 +49,26 @@ options:
   observed:
     description:
       - "With C(reconcile), per slave name C({reachable, domains {name: state}, facts {cores, ram_mb, disk_gb}})."
+      - A name with state C(files) is an overlay or serial log C(vcl-<id>) left in the instance directory without
+        a domain.
     type: dict
     default: {}
+  lease:
+    description:
+      - The token C(lease) returned; C(place), C(unplace), C(running) and C(failed) must carry it when the
+        instance is leased (one launch per instance). A wrong or missing token fails naming C(lease).
+      - "C(unlease) hands the lease back when a launch ends without running the VM (no slave has room yet): the
+        instance waits, pending, for the next dispatch."
+      - "C(lease) itself returns C(lease=null) and the reason in C(refused), without failing, when another run
+        holds a live lease, the instance is not pending, or its window has passed (it is then ended)."
+    type: str
+  net_clean:
+    description:
+      - "With C(unplace) and C(failed), whether the master's entries of this VM are known to be gone (or were
+        never made). Otherwise its address pair is quarantined until C(net_gone), so no other VM gets addresses
+        the master may still route to this one."
+    type: bool
+    default: false
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.conn
@@ -78,6 +96,18 @@ instance:
     public_ip, console_port, domain, dhcp_name, image, image_disk, image_kernel, image_ramdisk, image_cmdline.
   returned: for actions on one instance
   type: dict
+lease:
+  description: With C(lease), the token the launch's later steps carry, or null when refused.
+  returned: with lease
+  type: str
+refused:
+  description: With C(lease), why the instance cannot be launched by this run ("" when leased).
+  returned: with lease
+  type: str
+pairs_freed:
+  description: With C(net_gone), how many quarantined address pairs became free.
+  returned: with net_gone
+  type: int
 plan:
   description: With C(dispatch_plan), the ids to stop, suspend, launch and resume, those that wait, and notes.
   returned: with dispatch_plan
@@ -88,7 +118,11 @@ started:
   type: list
   elements: dict
 reconciled:
-  description: With C(reconcile), instances found lost, slaves marked down or up, orphan domains, capacity changes.
+  description: >-
+    With C(reconcile): C(lost) instances, slaves marked C(down) or C(up), C(ok), C(capacity) changes, C(orphans)
+    (C({slave, domain}) to remove from that slave), C(unnet) (instances whose entries the master may still carry:
+    take them off the master's network, then C(net_gone)), C(requeued) (C({lost, id, kind})) and
+    C(leases_expired).
   returned: with reconcile
   type: dict
 """

@@ -30,9 +30,16 @@ options:
     description: The user asking (created on first use and added to the owner group).
     type: str
   cores:
-    description: vCPUs.
+    description: vCPUs (of each seat, for a reservation).
     type: raw
     required: true
+  seats:
+    description:
+      - With a O(start) time, the number of seats the reservation books for the group (a block of seats, each one VM
+        of O(cores) and O(ram_mb)); the whole block must fit in the pool and each seat on one slave.
+      - A best-effort request (O(start=now)) is one VM.
+    type: raw
+    default: 1
   ram_mb:
     description: RAM in MiB.
     type: raw

@@ -51,8 +51,9 @@ def test_a_reservation_names_its_user_who_joins_the_group_once(lab_db):
 
 def test_refusal_is_recorded_with_its_reason(lab_db):
     for _ in range(2):
-        assert bookings.reserve(cores=12, start="2026-11-23 09:00", hours=4, **AR, url=lab_db)["state"] == "accepted"
-    r = bookings.reserve(cores=12, start="2026-11-23 09:00", hours=4, **AR, url=lab_db)
+        assert bookings.reserve(seats=3, cores=4, start="2026-11-23 09:00", hours=4, **AR,
+                                url=lab_db)["state"] == "accepted"
+    r = bookings.reserve(seats=3, cores=4, start="2026-11-23 09:00", hours=4, **AR, url=lab_db)
     assert r["state"] == "refused" and r["reason"] and r["start"] is None
     listed = {x["id"]: x for x in bookings.list_reservations(lab_db, include_all=True)["reservations"]}
     assert listed[r["id"]]["state"] == "refused" and listed[r["id"]]["reason"] == r["reason"]
@@ -107,7 +108,7 @@ def test_request_claims_cores_and_a_unique_address_pair(lab_db):
 
 def test_best_effort_is_capped_by_the_look_ahead(lab_db, monkeypatch):
     monkeypatch.setenv("VCL_NOW", "2026-11-23 07:00")
-    bookings.reserve(cores=12, start="2026-11-24 09:00", hours=4, **AR, url=lab_db)  # tomorrow: no effect today
+    bookings.reserve(seats=3, cores=4, start="2026-11-24 09:00", hours=4, **AR, url=lab_db)  # tomorrow: no effect today
     monkeypatch.setenv("VCL_NOW", "2026-11-22 10:00")
     monkeypatch.setenv("VCL_NOW", "2026-11-24 06:00")
     r = bookings.request(cores=2, ram_mb=512, hours=5, **BE, url=lab_db)
@@ -120,9 +121,12 @@ def test_best_effort_is_capped_by_the_look_ahead(lab_db, monkeypatch):
 def test_without_bookings_the_look_ahead_grants_every_hour_up_to_the_pool(lab_db):
     full = bookings.request(cores=8, ram_mb=256, hours=5, **BE, url=lab_db)
     assert (full["decision"], full["hours_granted"], full["reason"]) == ("place", 5, "")
-    too_big = bookings.request(cores=13, ram_mb=256, hours=1, **BE, url=lab_db)  # the pool has 12 cores
-    assert (too_big["decision"], too_big["hours_granted"]) == ("wait", 0)
-    assert too_big["reason"] == "13 cores are not free of reservations for even 1 hour from 2026-11-22 10:00"
+    too_big = bookings.request(cores=9, ram_mb=256, hours=1, **BE, url=lab_db)  # the largest slave has 8 cores
+    assert (too_big["decision"], too_big["state"], too_big["id"]) == ("refused", "refused", None)
+    assert too_big["reason"] == ("cores: 9 per VM can never fit: the largest slave has 8 cores and 16384 MB;"
+                                 " the pool has 12 cores")
+    waits = bookings.request(cores=8, ram_mb=256, hours=5, **BE, url=lab_db)  # fits the lab, not now
+    assert (waits["decision"], waits["hours_granted"], waits["state"]) == ("wait", 0, "waiting")
 
 
 def test_a_request_that_does_not_fit_gets_the_preemption_plan(lab_db):

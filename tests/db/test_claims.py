@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import func, select
 
-from vcl_sched import bookings, catalogue, claims, db, placement
+from vcl_sched import bookings, catalogue, claims, db, lifecycle, placement
 from vcl_sched.errors import CapacityError, ConflictError
 from vcl_sched.models import AddressPair, AuditLog, Group, Instance, InstanceKind, InstanceState, Slave
 
@@ -25,9 +25,21 @@ def test_release_returns_cores_and_addresses(lab_db):
     s1 = next(s for s in catalogue.list_slaves(lab_db) if s["name"] == "s1")
     assert (s1["cores_used"], s1["ram_mb_used"], s1["disk_gb_used"]) == (0, 0, 0)
     b = bookings.request(cores=1, ram_mb=512, hours=1, **BE, url=lab_db)
-    assert b["private_ip"] == a["private_ip"]  # the freed pair is the lowest free one again
+    # Its launch may have put entries on the master: the pair stays out of use until they are known gone.
+    assert b["private_ip"] != a["private_ip"] and b["mac"] != a["mac"]
     with pytest.raises(ConflictError):
         claims.release(a["id"], url=lab_db)
+    assert lifecycle.net_gone(a["id"], lab_db)["pairs_freed"] == 1
+    c = bookings.request(cores=1, ram_mb=512, hours=1, **BE, url=lab_db)
+    assert c["private_ip"] == a["private_ip"]  # the freed pair is the lowest free one again
+
+
+def test_release_of_a_live_vm_is_refused_with_the_command_to_use(lab_db):
+    a = bookings.request(cores=1, ram_mb=512, hours=1, **BE, url=lab_db)
+    lifecycle.mark_running(a["id"], url=lab_db)
+    with pytest.raises(ConflictError, match=rf"is running: stop it with `vcl stop {a['id']}`"):
+        claims.release(a["id"], url=lab_db)
+    assert lifecycle.describe(a["id"], lab_db)["state"] == "running"
 
 
 def test_address_exhaustion_is_a_clear_error_and_rolls_back_the_claim(lab_db, db_state):

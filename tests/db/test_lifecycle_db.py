@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from vcl_sched import db, lifecycle, service
+from vcl_sched import catalogue, db, lifecycle, service
 from vcl_sched.errors import CapacityError, ConflictError, ValidationError
 from vcl_sched.models import AddressPair, Instance, Reservation, Slave
 
@@ -86,21 +86,24 @@ def test_suspend_and_resume_move_cores_and_ram_not_disk(lab_db):
     assert used(lab_db)[r["slave"]] == 2
 
 
-def fill_with_best_effort(url):
+def fill_with_best_effort(url, **priority):
     ids = []
     for slave_cores in (8, 4):
-        r = service.request(cores=slave_cores, ram_mb=1024, hours=1, **BE, url=url)
+        r = service.request(cores=slave_cores, ram_mb=1024, hours=1, **{**BE, **priority}, url=url)
         lifecycle.mark_running(r["id"], url=url)
         ids.append(r["id"])
     return ids
 
 
 def test_a_due_reservation_suspends_the_lowest_best_effort_vm(lab_db, monkeypatch):
+    # Booked for today (lead_days 0) while best-effort VMs already run into its window: at its start the seat's
+    # cores are freed by suspending best-effort VMs, whatever their priority (SPEC §4).
+    catalogue.configure({"booking.lead_days": "0"}, lab_db)
+    monkeypatch.setenv("VCL_NOW", "2026-11-23 09:30")
+    be = fill_with_best_effort(lab_db, platform_value=9)  # priority above the reservation's: it still yields
     res = service.reserve(cores=4, ram_mb=600, start="2026-11-23 10:00", hours=2, owner="cs", platform_value=5,
                           register_as_slave=1, member=1, url=lab_db)
     assert res["state"] == "accepted"
-    monkeypatch.setenv("VCL_NOW", "2026-11-23 09:30")
-    be = fill_with_best_effort(lab_db)  # BE priority: PfV 5, no RAS, no member: below the reservation's
     assert lifecycle.start_due_reservations(url=lab_db) == []  # not due yet
     monkeypatch.setenv("VCL_NOW", "2026-11-23 10:00")
     started = lifecycle.start_due_reservations(url=lab_db)
@@ -120,9 +123,12 @@ def test_a_due_reservation_suspends_the_lowest_best_effort_vm(lab_db, monkeypatc
     # The suspended VM does not come back while the reservation holds its cores.
     assert lifecycle.dispatch_plan(url=lab_db)["resume"] == []
     lifecycle.stop(ar, url=lab_db)
+    # A seat given back early stays the block's until the window ends: the suspended VM ends at 10:30, before.
+    assert lifecycle.dispatch_plan(url=lab_db)["resume"] == []
+    monkeypatch.setenv("VCL_NOW", "2026-11-23 12:00")
+    lifecycle.start_due_reservations(url=lab_db)
     with db.read(lab_db) as s:
         assert s.get(Reservation, res["id"]).state == "done"
-    assert lifecycle.dispatch_plan(url=lab_db)["resume"] == [plan["suspend"][0]]
 
 
 def test_expired_vms_are_stopped_first_and_suspended_ones_resume_when_room_returns(lab_db, monkeypatch):
@@ -154,15 +160,28 @@ def test_reconcile_marks_vanished_domains_lost_and_silent_slaves_down(lab_db):
                        "facts": {"cores": 16, "ram_mb": 32768, "disk_gb": 200}},
                 "s2": {"reachable": False}}
     out = lifecycle.reconcile(observed, lab_db)
-    assert out["lost"] == on_s1 and out["down"] == ["s2"] and out["capacity"] == ["s1"]
+    # s1 lost its domain, s2 died: every VM is lost, its request back in the queue, its addresses held until
+    # the master's entries are confirmed gone.
+    assert out["lost"] == on_s1 + on_s2 and out["down"] == ["s2"] and out["capacity"] == ["s1"]
     assert out["orphans"] == [{"slave": "s1", "domain": "vcl-999"}]
+    assert [r["lost"] for r in out["requeued"]] == on_s1 + on_s2 and out["unnet"] == sorted(ids)
     with db.read(lab_db) as s:
-        assert {i: s.get(Instance, i).state for i in on_s2} == dict.fromkeys(on_s2, "running")
+        assert {i: s.get(Instance, i).state for i in ids} == dict.fromkeys(ids, "lost")
+        requeued = [s.get(Instance, r["id"]) for r in out["requeued"]]
+        assert [(i.state, i.slave_id, i.ends_at, i.hours, i.requeued_from) for i in requeued] == [
+            ("pending", None, None, 1, lost) for lost in on_s1 + on_s2]
         s1 = s.scalar(select(Slave).where(Slave.name == "s1"))
+        s2 = s.scalar(select(Slave).where(Slave.name == "s2"))
         assert (s1.cores_total, s1.cores_used, s1.status) == (16, 0, "up")
+        assert (s2.cores_used, s2.status) == (0, "down")
+    # s2 comes back with the domains it had: the database places them nowhere now, so they are orphans.
     again = lifecycle.reconcile({"s2": {"reachable": True, "domains": {f"vcl-{i}": "running" for i in on_s2}}},
                                 lab_db)
-    assert again["up"] == ["s2"] and again["lost"] == [] and again["ok"] == on_s2
+    assert again["up"] == ["s2"] and again["lost"] == [] and again["ok"] == []
+    assert again["orphans"] == [{"slave": "s2", "domain": f"vcl-{i}"} for i in on_s2]
+    for i in ids:
+        lifecycle.net_gone(i, lab_db)
+    assert lifecycle.reconcile({}, lab_db)["unnet"] == []
 
 
 def test_reconcile_input_is_checked_before_anything_changes(lab_db):

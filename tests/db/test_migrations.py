@@ -40,12 +40,13 @@ def test_downgrade_then_upgrade(db_url):
     assert service.list_slaves(db_url) == []
 
 
-def _index_names(url: str) -> set[str]:
+def _index_names(url: str, table: str = "slaves") -> set[str]:
     with db.engine(url).connect() as conn:
         if conn.dialect.name == "sqlite":
-            rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'slaves'"))
+            rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"),
+                                {"t": table})
         else:
-            rows = conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'slaves'"))
+            rows = conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = :t"), {"t": table})
         return {r[0] for r in rows}
 
 
@@ -59,7 +60,7 @@ def test_upgrading_a_0001_database_keeps_its_data_and_adds_the_placement_indexes
                           " ('old', '10.1.0.5', 8, 2, 4096, 512, 50, 5, 'up', 7, :t, :t)"),
                      {"t": datetime(2025, 11, 1, 9, 0)})
     service.init(db_url)
-    assert db.current_revision(db_url) == db.head_revision() == "0002"
+    assert db.current_revision(db_url) == db.head_revision() == "0003"
     assert {"ix_slaves_spread", "ix_slaves_pack"} <= _index_names(db_url)
     [old] = service.list_slaves(db_url)
     assert (old["name"], old["cores_used"], old["generation"], old["joined_at"]) == ("old", 2, 7, "2025-11-01 09:00")
@@ -67,3 +68,19 @@ def test_upgrading_a_0001_database_keeps_its_data_and_adds_the_placement_indexes
 
 def test_the_head_revision_constant_is_alembics_newest_migration():
     assert db.head_revision() == db.alembic_head_revision()
+
+
+def test_upgrading_a_0002_database_gives_every_reservation_one_seat(db_url):
+    db.downgrade(db_url, "0002")
+    with db.engine(db_url).begin() as conn:
+        conn.execute(text("INSERT INTO groups (name, description, created_at) VALUES ('cs', '', :t)"),
+                     {"t": datetime(2025, 11, 1, 9, 0)})
+        conn.execute(text("INSERT INTO reservations (group_id, cores, ram_mb, requested_start, start, \"end\", hours,"
+                          " platform_value, register_as_slave, member, priority, rescheduled, state, reason,"
+                          " created_at) SELECT id, 2, 512, :t, :t, :e, 1, 5, 0, 0, 8.5, 0, 'accepted', '', :t"
+                          " FROM groups"), {"t": datetime(2025, 11, 1, 9, 0), "e": datetime(2025, 11, 1, 10, 0)})
+    service.init(db_url)
+    assert db.current_revision(db_url) == "0003"
+    with db.engine(db_url).begin() as conn:
+        assert conn.execute(text("SELECT seats FROM reservations")).scalar_one() == 1
+    assert "ix_address_pairs_stale_instance" in _index_names(db_url, "address_pairs")
