@@ -366,6 +366,8 @@ def release(instance_id: Any, state: str = "stopped", url: str | None = None) ->
                           inst.disk_gb)
         quarantine_addresses(session, inst.id)
         inst.slave_id = None
+        inst.mac = inst.private_ip = inst.public_ip = None
+        inst.console_port = None
         inst.lease_owner = inst.lease_until = None
         inst.state = final
         inst.updated_at = now

@@ -56,12 +56,14 @@ def run_demo(json_output: bool = False) -> int:
 
     base = {"owner": "cs-lab", "ram_mb": 2048, "platform_value": 5, "url": url}
     steps = [
-        ("A course books 16 cores tomorrow 10:00-12:00", {"cores": 16, "start": f"{TOMORROW} 10:00", "hours": 2,
-                                                          "register_as_slave": 0, "member": 0}),
-        ("A higher-priority member booking needs 12 of the 20 cores at 10:00: the course moves later",
-         {"cores": 12, "start": f"{TOMORROW} 10:00", "hours": 2, "register_as_slave": 1, "member": 1}),
+        ("A course books 8 seats of 2 cores tomorrow 10:00-12:00",
+         {"seats": 8, "cores": 2, "start": f"{TOMORROW} 10:00", "hours": 2, "register_as_slave": 0, "member": 0}),
+        ("A higher-priority member booking needs 6 seats of 2 cores (12 of the 20) at 10:00: the course moves later",
+         {"seats": 6, "cores": 2, "start": f"{TOMORROW} 10:00", "hours": 2, "register_as_slave": 1, "member": 1}),
         ("A third booking that cannot fit the day is refused with the reason",
-         {"cores": 20, "start": f"{TOMORROW} 09:00", "hours": 4, "register_as_slave": 0, "member": 0}),
+         {"seats": 10, "cores": 2, "start": f"{TOMORROW} 09:00", "hours": 4, "register_as_slave": 0, "member": 0}),
+        ("A seat larger than any slave can never fit: refused at once",
+         {"cores": 12, "start": f"{TOMORROW} 14:00", "hours": 1, "register_as_slave": 0, "member": 0}),
     ]
     log["reservations"] = []
     for title, args in steps:
@@ -79,7 +81,7 @@ def run_demo(json_output: bool = False) -> int:
     log["best_effort"] = []
     low = {"platform_value": 2, "register_as_slave": 0, "member": 0}
     be_steps = [
-        ("Best effort at 08:00 for 5 h: placed least-loaded, capped at 4 h (the moved course needs the cores at 12:00)",
+        ("Best effort at 08:00 for 5 h: placed where it fits beside the seats, capped before they need its cores",
          {"cores": 8, "hours": 5, **low}),
         ("More best effort fills the pool", {"cores": 8, "hours": 2, **low}),
         ("", {"cores": 4, "hours": 2, **low}),
