@@ -28,12 +28,7 @@ from .claims import HOLDS_CAPACITY, ClaimPlan, StaleClaim, choose_slave, commit_
 from .errors import CapacityError
 from .models import Group, Instance, Reservation, ReservationState
 from .priority import parse_priority_inputs, priority
-from .validate import check_name, iso, positive, whole
-
-MAX_SEATS = 1000
-MAX_CORES = 1024
-MAX_RAM_MB = 16 * 1024 * 1024
-MAX_DISK_GB = 1 << 20
+from .validate import MAX_CORES, MAX_DISK_GB, MAX_RAM_MB, MAX_SEATS, check_name, hours_value, iso, whole
 
 ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
 
@@ -41,9 +36,10 @@ ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
 # --- what both kinds of booking read --------------------------------------------------------------
 
 def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minutes: Any, member: Any,
-                 coefficient: float) -> tuple[float, Any]:
-    inputs = parse_priority_inputs(platform_value, register_as_slave, ram_mb, minutes, member)
-    return priority(inputs, coefficient), inputs
+                 settings: config.Settings) -> tuple[float, Any]:
+    inputs = parse_priority_inputs(platform_value, register_as_slave, ram_mb, minutes, member,
+                                   platform_value_max=settings.platform_value_max)
+    return priority(inputs, settings.priority_coefficient), inputs
 
 
 _BOOKINGS_BETWEEN = db.Prepared(
@@ -90,12 +86,12 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
     cores_n = whole("cores", cores, 1, MAX_CORES)
     ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
     start_dt = start if isinstance(start, datetime) else config.parse_datetime(str(start), "start")
-    hours_f = positive("hours", hours)
+    hours_f = hours_value("hours", hours)
     user_name = check_name("user", user) if user is not None else None
     settings = get_settings(url)
     now = config.now()
     pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_f * 60, member,
-                              settings.priority_coefficient)
+                              settings)
     calendar.check_request_policy(start_dt, hours_f, now, settings.booking)
     end_dt = start_dt + timedelta(hours=hours_f)
 
@@ -219,7 +215,7 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
     hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
     pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_n * 60, member,
-                              settings.priority_coefficient)
+                              settings)
     group_id = group_ref(q, owner)
     img = image_ref(q, image)
     disk = disk_n if disk_n is not None else (img[1] if img else 0)

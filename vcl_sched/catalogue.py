@@ -17,7 +17,7 @@ from . import config, db
 from .audit import audit
 from .errors import ConflictError, NotFoundError, ValidationError
 from .models import AddressPair, Group, Image, Membership, Slave, User
-from .validate import check_name, iso, slave_input, slave_status, whole
+from .validate import check_name, cores_value, disk_value, iso, ram_value, slave_input, slave_status
 
 # --- rows created with their audit row; lookups inside other writers' transactions (bookings, claims) ---
 
@@ -175,8 +175,8 @@ def add_image(name: str, disk_file: str, *, description: str = "", kernel: str |
     for field, value in (("kernel", kernel), ("ramdisk", ramdisk)):
         if value is not None and not str(value).startswith("/"):
             raise ValidationError(field, f"{value!r} must be an absolute path")
-    values = {"default_cores": whole("cores", cores), "default_ram_mb": whole("ram_mb", ram_mb, 16),
-              "default_disk_gb": whole("disk_gb", disk_gb, 0)}
+    values = {"default_cores": cores_value("cores", cores), "default_ram_mb": ram_value("ram_mb", ram_mb, 16),
+              "default_disk_gb": disk_value("disk_gb", disk_gb)}
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
@@ -203,8 +203,8 @@ def ensure_image(name: str, disk_file: str, *, description: str = "", kernel: st
     if cmdline is not None and ("\n" in cmdline or len(cmdline) > 1024):
         raise ValidationError("cmdline", "must be one line of at most 1024 characters")
     wanted = {"description": description, "disk_file": disk_file, "kernel": kernel or None,
-              "ramdisk": ramdisk or None, "cmdline": cmdline or None, "default_cores": whole("cores", cores),
-              "default_ram_mb": whole("ram_mb", ram_mb, 16), "default_disk_gb": whole("disk_gb", disk_gb, 0)}
+              "ramdisk": ramdisk or None, "cmdline": cmdline or None, "default_cores": cores_value("cores", cores),
+              "default_ram_mb": ram_value("ram_mb", ram_mb, 16), "default_disk_gb": disk_value("disk_gb", disk_gb)}
     db.require_schema(url)
 
     def apply(session: Session) -> tuple[dict[str, Any], bool]:

@@ -2,7 +2,12 @@
 
 Every command takes ``--json`` (one JSON document on stdout) and otherwise prints a readable table.
 Exit codes: 0 done; 1 error (one line on stderr naming the problem; nothing was written);
-2 usage error; 3 a valid request that was refused or has to wait (recorded, with the reason).
+2 usage error (one line too; ``--help`` shows the usage); 3 a valid request that was refused or has to
+wait (recorded, with the reason).
+
+Every argument is data: text options are checked (valid UTF-8, no control characters, at most
+``validate.MAX_TEXT`` characters) before any command runs, numbers are checked by the service layer
+against ``vcl_sched.validate``'s bounds, and JSON output never holds NaN or an infinity.
 """
 
 from __future__ import annotations
@@ -13,21 +18,37 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, config, db, service
-from .errors import VclError
-from .tables import INST_COLUMNS, RES_COLUMNS, SLAVE_COLUMNS, fields, request_text, reservation_text, table
+from .errors import ValidationError, VclError
+from .tables import (
+    INST_COLUMNS,
+    RES_COLUMNS,
+    SLAVE_COLUMNS,
+    fields,
+    printable,
+    request_text,
+    reservation_text,
+    table,
+)
+from .validate import MAX_TEXT, bounded, id_value, shown, text_problem, whole
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_SERVED = 0, 1, 2, 3
+AUDIT_LIMIT_MAX = 100_000
+# Arguments that are KEY=VALUE lists (checked item by item, naming the key) or handed on untouched.
+_NOT_TEXT_CHECKED = frozenset({"func", "assignments", "extra_vars", "rest"})
 
 
 # --- output (the formats themselves: tables.py) ------------------------------------------------------
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
     if args.json:
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
+        try:
+            document = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
+        except ValueError as err:  # NaN or an infinity: every number is bounded, so this is a bug
+            raise VclError(f"output: a result is not valid JSON ({err}); this is a bug in vcl") from None
+        sys.stdout.write(document + "\n")
     else:
         print(text(data))
 
@@ -54,13 +75,26 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_config_set(args: argparse.Namespace) -> int:
-    updates = {}
-    for item in args.assignments:
+def _assignments(items: Sequence[str], what: str) -> dict[str, str]:
+    """KEY=VALUE items as a dict; a bad key or value is an error naming it."""
+    out: dict[str, str] = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise VclError(f"{item!r}: write settings as KEY=VALUE")
-        updates[key.strip()] = value.strip()
+        key = key.strip()
+        if not sep or not key:
+            raise ValidationError(what, f"{shown(item)}: write {what} as KEY=VALUE")
+        problem = text_problem(key, 128)
+        if problem:
+            raise ValidationError(what, f"key {problem}")
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError(key, problem)
+        out[key] = value
+    return out
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    updates = {key: value.strip() for key, value in _assignments(args.assignments, "settings").items()}
     result = service.configure(updates)
     emit(args, result, lambda _: "settings updated: " + ", ".join(sorted(updates)))
     return EXIT_OK
@@ -129,8 +163,8 @@ def cmd_reserve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
-        return _submit(args, "reserve", {**extravars, "start": args.start})
-    result = service.reserve(start=args.start, **_request_kwargs(args))
+        return _submit(args, "reserve", {**extravars, "start": args.start, "seats": args.seats})
+    result = service.reserve(start=args.start, seats=args.seats, **_request_kwargs(args))
     emit(args, result, reservation_text)
     return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
 
@@ -164,17 +198,20 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    emit(args, service.audit_log(limit=args.limit),
+    emit(args, service.audit_log(limit=whole("limit", args.limit, 1, AUDIT_LIMIT_MAX)),
          lambda rows: table(rows, ("id", "at", "actor", "object", "action", "after")))
     return EXIT_OK
 
 
 def cmd_priority(args: argparse.Namespace) -> int:
-    from .priority import parse_priority_inputs, platform_factor, priority
+    from .priority import COEFFICIENT_MAX, PLATFORM_VALUE_CEILING, parse_priority_inputs, platform_factor, priority
 
-    inputs = parse_priority_inputs(args.platform_value, args.register_as_slave, args.ram_mb, args.minutes, args.member)
-    data = {"pf": round(platform_factor(inputs), 6), "priority": round(priority(inputs, args.coefficient), 6),
-            "coefficient": args.coefficient}
+    coefficient = bounded("coefficient", args.coefficient, 0.0, COEFFICIENT_MAX, low_open=True)
+    pfv_max = bounded("platform_value_max", args.platform_value_max, 0.0, PLATFORM_VALUE_CEILING, low_open=True)
+    inputs = parse_priority_inputs(args.platform_value, args.register_as_slave, args.ram_mb, args.minutes, args.member,
+                                   platform_value_max=pfv_max)
+    data = {"pf": round(platform_factor(inputs), 6), "priority": round(priority(inputs, coefficient), 6),
+            "coefficient": coefficient}
     emit(args, data, lambda d: f"PF = {d['pf']:.3f}   Pi = {d['priority']:.3f}")
     return EXIT_OK
 
@@ -225,18 +262,15 @@ def _submit(args: argparse.Namespace, playbook: str, extravars: dict[str, Any]) 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    extravars: dict[str, Any] = {}
-    for item in args.extra_vars:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise VclError(f"-e {item!r}: write extra variables as KEY=VALUE")
-        extravars[key.strip()] = value
+    extravars: dict[str, Any] = dict(_assignments(args.extra_vars, "extra_vars"))
     return _submit(args, args.playbook, extravars)
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     """launch, suspend, resume, stop (ID) and dispatch, reconcile (no vars): their playbook, nothing else."""
-    return _submit(args, args.command, {"id": args.id} if getattr(args, "id", None) is not None else {})
+    if getattr(args, "id", None) is None:
+        return _submit(args, args.command, {})
+    return _submit(args, args.command, {"id": str(id_value("id", args.id))})  # checked here, handed on as text
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -247,8 +281,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------------
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``vcl reserve: error: the following arguments are required:
+    --owner`` (exit 2). The usage itself is in ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, printable(f"{self.prog}: error: {message} (see `{self.prog} --help`)") + "\n")
+
+
 def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     common.add_argument("--now", default=argparse.SUPPRESS, metavar="'YYYY-MM-DD HH:MM'",
                         help="pretend the time is this (sets VCL_NOW)")
@@ -276,8 +318,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="vcl", description="VCL: the lab database and the Para-scheduler",
-                                     parents=[common])
+    parser = Parser(prog="vcl", description="VCL: the lab database and the Para-scheduler", parents=[common])
     parser.add_argument("--version", action="version", version=f"vcl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -330,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-gb", default=2, dest="disk_gb")
     add("list", cmd_image_list, "list images", img)
 
-    p = add("reserve", cmd_reserve, "book cores for a time window (advance reservation)")
+    p = add("reserve", cmd_reserve, "book a block of seats for a time window (advance reservation)")
     _request_options(p)
+    p.add_argument("--seats", default=1, help="seats in the block, each one VM of --cores and --ram-mb (default 1)")
     p.add_argument("--start", required=True, help="'YYYY-MM-DD HH:MM', lab local time; with --run also"
                                                   " 'now' (best effort)")
     p.add_argument("--hours", required=True)
@@ -352,14 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("release", cmd_release, "end a VM and give back its cores, RAM, disk and addresses")
     p.add_argument("id")
     p = add("audit", cmd_audit, "the audit log, newest first")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", default=50, help=f"at most this many entries (1..{AUDIT_LIMIT_MAX})")
     p = add("priority", cmd_priority, "compute PF and Pi for request values")
     p.add_argument("--platform-value", required=True, dest="platform_value")
     p.add_argument("--register-as-slave", required=True, dest="register_as_slave")
     p.add_argument("--ram-mb", required=True, dest="ram_mb")
     p.add_argument("--minutes", required=True)
     p.add_argument("--member", required=True)
-    p.add_argument("--coefficient", type=float, default=0.20)
+    p.add_argument("--coefficient", default=0.20, help="c in Pi = 10 + c * PF (0 < c <= 10)")
+    p.add_argument("--platform-value-max", default=10, dest="platform_value_max",
+                   help="the setting priority.platform_value_max (PfV is in 0..this)")
     add("demo", cmd_demo, "a scheduler demonstration on a fresh embedded database")
 
     p = add("run", cmd_run, "run one of the collection's playbooks (vcl.lab.NAME) and print its vcl_result")
@@ -430,23 +474,56 @@ def _unavailable(problem: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every text argument (and every item of a list of them) is valid UTF-8 without control characters
+    and at most MAX_TEXT characters long; a ValidationError names the argument. Runs before anything
+    else, so such a value never reaches the environment, the database or a playbook."""
+    for dest, value in vars(args).items():
+        if dest in _NOT_TEXT_CHECKED:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                problem = text_problem(item, MAX_TEXT)
+                if problem:
+                    raise ValidationError(dest, problem)
+
+
+def _check_db_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as err:
+        raise ValidationError("db", f"not a database URL like sqlite:///path or postgresql://...: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
-    if getattr(args, "now", None):
-        os.environ["VCL_NOW"] = args.now
-    if getattr(args, "db", None):
-        os.environ["VCL_DB_URL"] = args.db
     try:
+        check_arguments(args)
+        if getattr(args, "now", None):
+            os.environ["VCL_NOW"] = args.now
+        if getattr(args, "db", None):
+            _check_db_url(args.db)
+            os.environ["VCL_DB_URL"] = args.db
         if os.environ.get("VCL_NOW"):
             config.now()  # a bad VCL_NOW is an error before anything runs
         return int(args.func(args))
     except VclError as err:
-        print(f"vcl: {err}", file=sys.stderr)
+        print(printable(f"vcl: {err}"), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        # Not a known error: a bug (or a failure outside vcl). One line all the same, with what it was;
+        # VCL_DEBUG=1 shows the traceback.
+        if os.environ.get("VCL_DEBUG") == "1":
+            raise
+        print(printable(f"vcl: unexpected {type(err).__name__}: {err} (VCL_DEBUG=1 shows where)"), file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -14,15 +14,16 @@ validated form.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from .calendar import BookingPolicy
+from .calendar import MAX_LOOKAHEAD_HOURS, BookingPolicy
 from .errors import ValidationError
+from .priority import COEFFICIENT_MAX, DEFAULT_COEFFICIENT, PLATFORM_VALUE_CEILING, PLATFORM_VALUE_MAX
+from .validate import bounded, num_text, shown, text_problem, whole
 
 DEFAULT_MAC_PREFIX = "52:54:00"  # the KVM/QEMU locally administered prefix
 
@@ -40,15 +41,23 @@ def db_url() -> str:
     return os.environ.get("VCL_DB_URL") or default_db_url()
 
 
+# Years a lab time may have: date arithmetic a year or two ahead (horizons, windows) never overflows.
+MIN_YEAR, MAX_YEAR = 1970, 9000
+
+
 def parse_datetime(value: str, field_name: str) -> datetime:
-    """Parse 'YYYY-MM-DD HH:MM' (or any ISO 8601 form) as a naive local time."""
+    """Parse 'YYYY-MM-DD HH:MM' (or any ISO 8601 form) as a naive local time in MIN_YEAR..MAX_YEAR."""
     try:
+        if len(value) > 64:
+            raise ValueError(value)
         parsed = datetime.fromisoformat(value.strip())
-    except (ValueError, AttributeError):
-        raise ValidationError(field_name, f"{value!r} is not a date and time like '2026-11-23 09:00'") from None
-    if parsed.tzinfo is not None:
-        # Lab time is local wall-clock time: reservations are "09:00 to 13:00" in the lab's zone.
-        parsed = parsed.astimezone().replace(tzinfo=None)
+        if parsed.tzinfo is not None:
+            # Lab time is local wall-clock time: reservations are "09:00 to 13:00" in the lab's zone.
+            parsed = parsed.astimezone().replace(tzinfo=None)
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        raise ValidationError(field_name, f"{shown(value)} is not a date and time like '2026-11-23 09:00'") from None
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise ValidationError(field_name, f"{shown(value)}: the year must be between {MIN_YEAR} and {MAX_YEAR}")
     return parsed
 
 
@@ -109,16 +118,70 @@ def parse_mac_prefix(value: str) -> str:
     return ":".join(parts)
 
 
+# Bounds of the numeric settings. Each keeps the scheduler's arithmetic finite and its loops short:
+# a date ``horizon_days`` ahead must exist, a conflicting booking is moved by ``move_step`` at most
+# (24 h / 1 min) times a day, and every value ``vcl config`` prints is a finite number.
+MAX_DECLINE_LIMIT = 1000
+MIN_LAUNCH_LEASE_MINUTES, MAX_LAUNCH_LEASE_MINUTES = 1, 24 * 60
+MAX_BOOKING_DAYS = 366  # lead_days and horizon_days: a year ahead at most
+MAX_BOOKING_HOURS = 24.0  # max_hours: a booking lies within one day
+MIN_MOVE_STEP_HOURS, MAX_MOVE_STEP_HOURS = 1 / 60, 24.0  # one minute .. one day
+MAX_SETTING_TEXT = 256  # pools, the policy's name, the MAC prefix
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """A numeric setting's range: ``whole`` numbers or reals in [low, high] (``(low, high]`` with
+    ``low_open``)."""
+
+    whole: bool
+    low: float
+    high: float
+    low_open: bool = False
+    unit: str = ""  # said after the range in an error
+
+    def check(self, name: str, value: Any) -> int | float:
+        try:
+            if self.whole:
+                return whole(name, value, int(self.low), int(self.high))
+            return bounded(name, value, self.low, self.high, low_open=self.low_open)
+        except ValidationError:
+            raise ValidationError(name, f"{shown(value)} must be a {self.describe()}") from None
+
+    def describe(self) -> str:
+        low = f"> {num_text(self.low)}" if self.low_open else f">= {num_text(self.low)}"
+        return f"{'whole number' if self.whole else 'number'} {low} and <= {num_text(self.high)}{self.unit}"
+
+
+SETTING_BOUNDS: dict[str, _Bound] = {
+    "priority_coefficient": _Bound(False, 0.0, COEFFICIENT_MAX, low_open=True),
+    "platform_value_max": _Bound(False, 0.0, PLATFORM_VALUE_CEILING, low_open=True),
+    "decline_limit": _Bound(True, 0, MAX_DECLINE_LIMIT),
+    "launch_lease_minutes": _Bound(True, MIN_LAUNCH_LEASE_MINUTES, MAX_LAUNCH_LEASE_MINUTES, unit=" minutes"),
+    "booking.lead_days": _Bound(True, 0, MAX_BOOKING_DAYS, unit=" days"),
+    "booking.horizon_days": _Bound(True, 0, MAX_BOOKING_DAYS, unit=" days"),
+    "booking.lookahead_max_hours": _Bound(True, 1, MAX_LOOKAHEAD_HOURS, unit=" hours"),
+    "booking.max_hours": _Bound(False, 0.0, MAX_BOOKING_HOURS, low_open=True, unit=" hours"),
+    "booking.move_step": _Bound(False, MIN_MOVE_STEP_HOURS, MAX_MOVE_STEP_HOURS, unit=" hours (1 minute)"),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Scheduling settings, stored as JSON in the ``settings`` table (``vcl config set``)."""
+    """Scheduling settings, stored as JSON in the ``settings`` table (``vcl config set``).
 
-    priority_coefficient: float = 0.20  # Pi = 10 + coefficient * PF (the paper's 0.20)
+    Every number is bounded (:data:`SETTING_BOUNDS`), when set and when read back from the database."""
+
+    priority_coefficient: float = DEFAULT_COEFFICIENT  # Pi = 10 + coefficient * PF (the paper's 0.20)
     placement_policy: str = "spread"  # spread (least used cores, the seed system) or pack
     mac_prefix: str = DEFAULT_MAC_PREFIX
     private_pool: str = ""  # VM private addresses, 'A-B' or CIDR; paired in order with public_pool
     public_pool: str = ""
     decline_limit: int = 2  # requests a client may make without registering as a slave (SPEC §3.4)
+    # PfV of a request is in 0..platform_value_max (SPEC §3 priority.platform_value_max).
+    platform_value_max: float = PLATFORM_VALUE_MAX
+    # How long a launch may hold an instance before a reconcile run takes it back.
+    launch_lease_minutes: int = 30
     booking: BookingPolicy = field(default_factory=BookingPolicy)
 
     def to_json(self) -> dict[str, Any]:
@@ -128,7 +191,11 @@ class Settings:
 
 
 BOOKING_KEYS = {f.name for f in fields(BookingPolicy)}
-SETTING_KEYS = {f.name for f in fields(Settings) if f.name != "booking"} | {f"booking.{k}" for k in BOOKING_KEYS}
+# Other spellings `vcl config set` takes (of bounded settings): SPEC §3 names the PfV ceiling
+# priority.platform_value_max.
+SETTING_ALIASES = {"priority.platform_value_max": "platform_value_max"}
+SETTING_KEYS = ({f.name for f in fields(Settings) if f.name != "booking"} | {f"booking.{k}" for k in BOOKING_KEYS}
+                | set(SETTING_ALIASES))
 
 
 def booking_to_json(policy: BookingPolicy) -> dict[str, Any]:
@@ -143,73 +210,109 @@ def booking_to_json(policy: BookingPolicy) -> dict[str, Any]:
     return out
 
 
-def booking_from_json(data: dict[str, Any]) -> BookingPolicy:
+def booking_from_json(data: Any) -> BookingPolicy:
+    if not isinstance(data, dict):
+        raise ValidationError("booking", f"{shown(data)} is not a set of booking.* settings")
     kwargs: dict[str, Any] = {}
     defaults = BookingPolicy()
     for key, value in data.items():
         if key not in BOOKING_KEYS:
-            raise ValidationError(f"booking.{key}", "unknown booking setting")
+            raise ValidationError(f"booking.{_key_name(key)}", "unknown booking setting")
         current = getattr(defaults, key)
         kwargs[key] = _coerce(f"booking.{key}", current, value)
     try:
         return BookingPolicy(**kwargs)
     except ValidationError:
         raise
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValidationError("booking", str(err)) from None
 
 
+def _key_name(key: Any) -> str:
+    """A settings key as an error message may show it: itself when it is plain text, else its repr."""
+    return key if isinstance(key, str) and text_problem(key, 64) is None else shown(key)
+
+
 def _coerce(name: str, current: Any, value: Any) -> Any:
-    try:
-        if isinstance(current, time):
-            return time.fromisoformat(str(value))
-        if isinstance(current, timedelta):
-            hours = float(value)
-            if not math.isfinite(hours) or hours <= 0:
-                raise ValueError("must be a positive number of hours")
-            return timedelta(hours=hours)
-        if isinstance(current, bool):
-            raise ValueError("booleans are not settings here")
-        if isinstance(current, int):
-            as_float = float(value)
-            if not as_float.is_integer():
-                raise ValueError("must be a whole number")
-            return int(as_float)
-        if isinstance(current, float):
-            as_float = float(value)
-            if not math.isfinite(as_float):
-                raise ValueError("must be a finite number")
-            return as_float
-        return str(value)
-    except (TypeError, ValueError) as err:
-        raise ValidationError(name, f"{value!r}: {err}") from None
+    """``value`` (text from `vcl config set`, or JSON read from the database) as the type of ``current``,
+    within its bounds; a ValidationError names the setting otherwise."""
+    bound = SETTING_BOUNDS.get(name)
+    if bound is not None:
+        number = bound.check(name, value)
+        return timedelta(hours=number) if isinstance(current, timedelta) else number
+    if isinstance(value, time) and isinstance(current, time):
+        return value
+    if not isinstance(value, str):
+        raise ValidationError(name, f"{shown(value)} is not text")
+    problem = text_problem(value, MAX_SETTING_TEXT)
+    if problem:
+        raise ValidationError(name, problem)
+    if isinstance(current, time):
+        try:
+            return time.fromisoformat(value.strip())
+        except ValueError:
+            raise ValidationError(name, f"{shown(value)} is not a time of day like 09:00") from None
+    return value
 
 
-def settings_from_json(data: dict[str, Any]) -> Settings:
+def settings_from_json(data: Any) -> Settings:
+    """Settings from their JSON form (the database's rows, or the current settings with `vcl config set`'s
+    changes); every value is checked, and an error names the setting."""
+    if not isinstance(data, dict):
+        raise ValidationError("settings", f"{shown(data)} is not a set of settings")
     defaults = Settings()
     kwargs: dict[str, Any] = {}
+    aliased: dict[str, Any] = {}
     for key, value in data.items():
         if key == "booking":
             kwargs["booking"] = booking_from_json(value)
+        elif key in SETTING_ALIASES:
+            # the alias is what `vcl config set` was given: it wins over the stored spelling
+            aliased[SETTING_ALIASES[key]] = SETTING_BOUNDS[SETTING_ALIASES[key]].check(key, value)
         elif key in SETTING_KEYS:
             kwargs[key] = _coerce(key, getattr(defaults, key), value)
         else:
-            raise ValidationError(key, "unknown setting")
+            raise ValidationError(_key_name(key), "unknown setting")
+    kwargs.update(aliased)
     settings = Settings(**kwargs)
     validate_settings(settings)
     return settings
 
 
+def _setting_values(s: Settings) -> dict[str, Any]:
+    """Every bounded setting by its name, as :data:`SETTING_BOUNDS` measures it (move_step in hours)."""
+    values: dict[str, Any] = {}
+    for name in SETTING_BOUNDS:
+        if name.startswith("booking."):
+            value = getattr(s.booking, name.split(".", 1)[1])
+            if isinstance(value, timedelta):
+                value = value.total_seconds() / 3600
+        else:
+            value = getattr(s, name)
+        values[name] = value
+    return values
+
+
 def validate_settings(s: Settings) -> None:
+    """Check a Settings object as a whole: each number in its bounds and of its type, the policy's name,
+    the MAC prefix, the pools (which must not overlap). A ValidationError names the setting."""
     from .placement import POLICIES  # local import: placement imports nothing from here
 
-    if not (math.isfinite(s.priority_coefficient) and s.priority_coefficient > 0):
-        raise ValidationError("priority_coefficient", f"{s.priority_coefficient!r} must be a positive number")
+    for name, value in _setting_values(s).items():
+        bound = SETTING_BOUNDS[name]
+        kind_ok = (isinstance(value, int) if bound.whole else isinstance(value, int | float)) \
+            and not isinstance(value, bool)
+        if not kind_ok:
+            raise ValidationError(name, f"{shown(value)} must be a {bound.describe()}")
+        bound.check(name, value)
+    for name in ("placement_policy", "mac_prefix", "private_pool", "public_pool"):
+        value = getattr(s, name)
+        problem = text_problem(value, MAX_SETTING_TEXT) if isinstance(value, str) else f"{shown(value)} is not text"
+        if problem:
+            raise ValidationError(name, problem)
     if s.placement_policy not in POLICIES:
-        raise ValidationError("placement_policy", f"{s.placement_policy!r}: choose one of {', '.join(POLICIES)}")
+        raise ValidationError("placement_policy", f"{shown(s.placement_policy)}: choose one of {', '.join(POLICIES)}")
     parse_mac_prefix(s.mac_prefix)
-    if s.decline_limit < 0:
-        raise ValidationError("decline_limit", "must be 0 or more")
     private = pool_bounds(s.private_pool, "private_pool") if s.private_pool else None
     public = pool_bounds(s.public_pool, "public_pool") if s.public_pool else None
     if private and public and private[0] <= public[1] and public[0] <= private[1]:

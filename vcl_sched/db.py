@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from . import config
-from .errors import VclError
+from .errors import ValidationError, VclError
 from .models import LOCK_NAMES, Lock, Setting
 
 T = TypeVar("T")
@@ -424,7 +424,14 @@ def load_settings(q: Session | Direct) -> config.Settings:
 
 @lru_cache(maxsize=8)
 def _parse_settings(rows: tuple[tuple[str, str], ...]) -> config.Settings:
-    return config.settings_from_json({key: json.loads(value) for key, value in rows})
+    data = {}
+    for key, value in rows:
+        try:
+            data[key] = json.loads(value)
+        except ValueError:
+            raise ValidationError(key, "the stored setting is not valid JSON: set it again with"
+                                       f" `vcl config set {key}=...`") from None
+    return config.settings_from_json(data)
 
 
 def save_settings(session: Session, settings: config.Settings) -> None:

@@ -16,6 +16,18 @@ as different, which no real input can produce on purpose.
 
 Inputs come from the CLI and from playbook extra-vars, so numbers may arrive as strings; they are
 converted and checked here, once, and a :class:`PriorityInputs` can only hold valid values.
+
+Bounds (SPEC §3: nobody outranks everyone by typing a big number, and Pi stays finite):
+
+- PfV in ``0..platform_value_max`` (the setting ``priority.platform_value_max``, default 10, itself
+  at most :data:`PLATFORM_VALUE_CEILING`); the dataclass alone enforces the ceiling;
+- R in ``1..MAX_RAM_MB`` MB and E in ``1..MAX_MINUTES`` minutes (two weeks): at least 1, so log2(R)
+  and ln(E) are >= 0 and a tiny value cannot buy a boost either;
+- the coefficient c in ``(0, COEFFICIENT_MAX]``.
+
+With every input bounded, PF lies in [-log2(MAX_RAM_MB) - ln(MAX_MINUTES), PLATFORM_VALUE_CEILING + 2]
+= [-33.9, 1002], so Pi = 10 + c · PF lies in [-329, 10030]: finite by construction, never NaN or
+infinite; and at |Pi| <= 1e4 a float's spacing (~2e-12) stays far below the 1e-9 tie tolerance.
 """
 
 from __future__ import annotations
@@ -25,9 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vcl_sched.errors import ValidationError
+from vcl_sched.validate import MAX_MINUTES, MAX_RAM_MB, num_text, shown
 
 DEFAULT_COEFFICIENT = 0.20
 PRIORITY_DECIMALS = 9
+PLATFORM_VALUE_MAX = 10.0  # SPEC §3: the default of the setting priority.platform_value_max
+PLATFORM_VALUE_CEILING = 1000.0  # the largest priority.platform_value_max may be
+COEFFICIENT_MAX = 10.0  # c <= 10 (50x the paper's 0.20): with PF bounded, Pi stays finite (see above)
 
 
 def _to_number(field: str, value: Any) -> float:
@@ -38,26 +54,31 @@ def _to_number(field: str, value: Any) -> float:
     """
     if isinstance(value, bool):
         raise ValidationError(field, f"must be a number, not the boolean {value!r}")
+    if isinstance(value, str) and len(value) > 64:
+        raise ValidationError(field, f"must be a number, got {shown(value)}")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ValidationError(field, f"must be a finite number, got {shown(value)}") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
         except ValueError:
-            raise ValidationError(field, f"must be a number, got {value!r}") from None
+            raise ValidationError(field, f"must be a number, got {shown(value)}") from None
     else:
-        raise ValidationError(field, f"must be a number, got {type(value).__name__} {value!r}")
+        raise ValidationError(field, f"must be a number, got {type(value).__name__} {shown(value)}")
     if not math.isfinite(number):
-        raise ValidationError(field, f"must be a finite number, got {value!r}")
+        raise ValidationError(field, f"must be a finite number, got {shown(value)}")
     return number
 
 
-def _to_positive(field: str, value: Any) -> float:
-    """Return ``value`` as a float > 0: log2(R) and ln(E) are undefined at or below zero."""
+def _to_range(field: str, value: Any, low: float, high: float, why: str = "") -> float:
+    """Return ``value`` as a finite float in ``[low, high]``; the error says the range (and why)."""
     number = _to_number(field, value)
-    if number <= 0:
-        raise ValidationError(field, f"must be greater than 0, got {value!r}")
-    return number
+    if not low <= number <= high:
+        raise ValidationError(field, f"must be between {num_text(low)} and {num_text(high)}{why}, got {shown(value)}")
+    return number + 0.0  # -0.0 becomes 0.0
 
 
 def _to_flag(field: str, value: Any) -> int:
@@ -91,31 +112,53 @@ class PriorityInputs:
 
     def __post_init__(self) -> None:
         normalised = {
-            "platform_value": _to_number("platform_value", self.platform_value),
+            "platform_value": _to_range("platform_value", self.platform_value, 0, PLATFORM_VALUE_CEILING),
             "register_as_slave": _to_flag("register_as_slave", self.register_as_slave),
-            "ram_mb": _to_positive("ram_mb", self.ram_mb),
-            "minutes": _to_positive("minutes", self.minutes),
+            "ram_mb": _to_range("ram_mb", self.ram_mb, 1, MAX_RAM_MB, " MB"),
+            "minutes": _to_range("minutes", self.minutes, 1, MAX_MINUTES, " minutes"),
             "member": _to_flag("member", self.member),
         }
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
 
 
+def check_platform_value_max(value: Any) -> float:
+    """The setting ``priority.platform_value_max``: a number > 0 and <= PLATFORM_VALUE_CEILING."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError("priority.platform_value_max", f"must be a number, got {shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not (math.isfinite(number) and 0 < number <= PLATFORM_VALUE_CEILING):
+        raise ValidationError("priority.platform_value_max",
+                              f"must be a number > 0 and <= {num_text(PLATFORM_VALUE_CEILING)}, got {shown(value)}")
+    return number
+
+
 def parse_priority_inputs(
-    platform_value: Any, register_as_slave: Any, ram_mb: Any, minutes: Any, member: Any
+    platform_value: Any, register_as_slave: Any, ram_mb: Any, minutes: Any, member: Any,
+    *, platform_value_max: float = PLATFORM_VALUE_MAX,
 ) -> PriorityInputs:
     """Build :class:`PriorityInputs` from CLI / extra-vars values (numbers or strings).
 
-    Raises ValidationError naming the first bad field: non-numbers, NaN, infinities, ``ram_mb`` or
-    ``minutes`` not > 0, ``register_as_slave`` / ``member`` other than 0 or 1.
+    Raises ValidationError naming the first bad field: non-numbers, NaN, infinities, ``platform_value``
+    outside ``0..platform_value_max``, ``ram_mb`` outside 1..MAX_RAM_MB, ``minutes`` outside
+    1..MAX_MINUTES, ``register_as_slave`` / ``member`` other than 0 or 1; a bad ``platform_value_max``
+    names ``priority.platform_value_max``.
     """
-    return PriorityInputs(
+    limit = check_platform_value_max(platform_value_max)
+    inputs = PriorityInputs(
         platform_value=platform_value,
         register_as_slave=register_as_slave,
         ram_mb=ram_mb,
         minutes=minutes,
         member=member,
     )
+    if inputs.platform_value > limit:
+        raise ValidationError("platform_value", f"must be between 0 and {num_text(limit)}"
+                              f" (priority.platform_value_max), got {shown(platform_value)}")
+    return inputs
 
 
 def platform_factor(p: PriorityInputs) -> float:
@@ -123,18 +166,26 @@ def platform_factor(p: PriorityInputs) -> float:
     return p.platform_value + p.register_as_slave - math.log2(p.ram_mb) - math.log(p.minutes) + p.member
 
 
-def _check_coefficient(coefficient: Any) -> float:
-    """The coefficient must be a finite number > 0, or a higher PF would no longer mean a higher Pi."""
+def check_coefficient(coefficient: Any) -> float:
+    """The coefficient must be a number in ``(0, COEFFICIENT_MAX]``: > 0, or a higher PF would no
+    longer mean a higher Pi; bounded, so Pi stays finite (see the module's docstring)."""
     if isinstance(coefficient, bool) or not isinstance(coefficient, int | float):
-        raise ValidationError("priority_coefficient", f"must be a number, got {coefficient!r}")
-    if not math.isfinite(coefficient) or coefficient <= 0:
-        raise ValidationError("priority_coefficient", f"must be a finite number > 0, got {coefficient!r}")
-    return float(coefficient)
+        raise ValidationError("priority_coefficient", f"must be a number, got {shown(coefficient)}")
+    try:
+        number = float(coefficient)
+    except OverflowError:
+        number = math.inf
+    if not (math.isfinite(number) and 0 < number <= COEFFICIENT_MAX):
+        raise ValidationError("priority_coefficient",
+                              f"must be a number > 0 and <= {num_text(COEFFICIENT_MAX)}, got {shown(coefficient)}")
+    return number
 
 
 def priority(p: PriorityInputs, coefficient: float = DEFAULT_COEFFICIENT) -> float:
-    """Pi = 10 + c · PF; raises ValidationError("priority_coefficient") unless c is finite and > 0."""
-    return 10 + _check_coefficient(coefficient) * platform_factor(p)
+    """Pi = 10 + c · PF; raises ValidationError("priority_coefficient") unless 0 < c <= COEFFICIENT_MAX.
+
+    Finite for every valid input: PriorityInputs bounds PF and the check bounds c."""
+    return 10 + check_coefficient(coefficient) * platform_factor(p)
 
 
 def _rank(pi: float) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 
 SLAVE_COLUMNS = ("name", "address", "status", "cores_used", "cores_total", "ram_mb_used", "ram_mb_total",
                  "disk_gb_used", "disk_gb_total")
-RES_COLUMNS = ("id", "owner", "state", "priority", "cores", "ram_mb", "start", "end", "rescheduled", "reason")
+RES_COLUMNS = ("id", "owner", "state", "priority", "seats", "cores", "ram_mb", "start", "end", "rescheduled", "reason")
 INST_COLUMNS = ("id", "owner", "kind", "state", "priority", "slave", "cores", "ram_mb", "mac", "private_ip",
                 "public_ip", "ends_at")
 
@@ -23,14 +23,24 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def printable(text: str) -> str:
+    """``text`` on one line that any terminal shows as it is: control characters (newlines, escape
+    sequences), lone surrogates (undecodable bytes of argv) and other unprintable characters are written
+    as Python escapes (``\\n``, ``\\x1b``, ``\\udcff``). Values are data, so they never break a table's
+    rows, an error's single line, or the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.3f}"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return printable(",".join(str(v) for v in value)) or "-"
+    return printable(str(value))
 
 
 def fields(obj: dict[str, Any], keys: Sequence[str] | None = None) -> str:
@@ -39,12 +49,17 @@ def fields(obj: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     return "\n".join(f"{k.ljust(width)}  {_cell(obj.get(k))}" for k in keys)
 
 
+def _block(r: dict[str, Any]) -> str:
+    seats = r.get("seats", 1)
+    return f"{r['cores']} cores" if seats == 1 else f"{seats} seats × {r['cores']} cores"
+
+
 def reservation_text(r: dict[str, Any]) -> str:
     head = "DRY RUN (nothing written): " if r.get("dry_run") else ""
     if r["state"] == "refused":
         return f"{head}reservation refused (priority {r['priority']:.3f}): {r['reason']}"
     lines = [f"{head}reservation {r['id'] if r['id'] is not None else '-'} accepted, priority {r['priority']:.3f}:"
-             f" {r['cores']} cores {r['start']} → {r['end']}"]
+             f" {_block(r)} {r['start']} → {r['end']}"]
     if r["reason"]:
         lines.append(f"  {r['reason']}")
     lines += [f"  moved reservation {m['id']}: {m['from']} → {m['to']} ({m['reason']})" for m in r["moved"]]

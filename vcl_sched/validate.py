@@ -3,6 +3,24 @@
 Every check returns the value in its checked form or raises ``ValidationError`` naming the field the
 caller gave (the CLI option or the module parameter), so bad input fails before any write begins.
 ``iso`` is the one text form of a time in the results.
+
+Every number has a ceiling: a value the database columns hold on both backends (PostgreSQL's
+``INTEGER`` is 32-bit) and that no real lab reaches, so a typed ``1e308`` or 400 nines is a one-line
+error naming the field, never an overflow deep in a driver. The maxima:
+
+==================  ===========================  ==================================================
+constant            value                        why
+==================  ===========================  ==================================================
+MAX_ID              2**31 - 1                    ids and counts: PostgreSQL ``INTEGER``
+MAX_CORES           1024                         cores of one slave or one request
+MAX_RAM_MB          16 * 1024 * 1024 (16 TiB)    RAM of one slave or one request, in MB
+MAX_DISK_GB         1 << 20 (1 PiB)              disk of one slave, image or request, in GB
+MAX_SEATS           1000                         seats of one reservation block
+MAX_HOURS_BOOKING   24 * 14 (two weeks)          hours of one booking or request
+MIN_HOURS           1 / 60 (one minute)          the shortest duration (the priority's E >= 1 min)
+MAX_NUMBER          1e6                          default ceiling of :func:`positive`
+MAX_TEXT            4096                         characters of a free-text value (paths, notes)
+==================  ===========================  ==================================================
 """
 
 from __future__ import annotations
@@ -10,64 +28,197 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import unicodedata
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ValidationError
-from .models import SlaveStatus
+
+if TYPE_CHECKING:
+    from .models import SlaveStatus
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
+MAX_ID = 2**31 - 1
+MAX_CORES = 1024
+MAX_RAM_MB = 16 * 1024 * 1024
+MAX_DISK_GB = 1 << 20
+MAX_SEATS = 1000
+MAX_HOURS_BOOKING = 24 * 14
+MIN_HOURS = 1 / 60  # one minute
+MAX_MINUTES = MAX_HOURS_BOOKING * 60
+MAX_NUMBER = 1e6
+MAX_TEXT = 4096
 
-def check_name(field: str, value: Any) -> str:
-    text = str(value).strip() if value is not None else ""
-    if not NAME_RE.match(text):
-        raise ValidationError(field, f"{value!r} must be 1-63 letters, digits, '.', '_' or '-' (starting alnum)")
-    return text
+# Text longer than this is not a number anyone typed: refused before it is parsed.
+_MAX_NUMBER_TEXT = 64
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages stay one short line whatever the
+    input (``repr`` also escapes newlines, control characters and lone surrogates)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for repr (Python's 4300-digit limit)
+        return f"<{type(value).__name__} too long to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def num_text(x: float) -> str:
+    """A bound as people write it: 16777216 and 0.5, not 1.67772e+07."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _parse_number(field: str, value: Any, what: str) -> int | float:
+    """An int or a float from an int, a float or numeric text; anything else (booleans, None, bytes,
+    lists, dicts, over-long text) is a ValidationError naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValidationError(field, f"{shown(value)} is not {what}")
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if len(text) > _MAX_NUMBER_TEXT:
+        raise ValidationError(field, f"{shown(value)} is not {what} (too long)")
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValidationError(field, f"{shown(value)} is not {what}") from None
 
 
 def whole(field: str, value: Any, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise ValidationError(field, f"{value!r} is not a whole number")
-    try:
-        number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
-    except ValueError:
-        raise ValidationError(field, f"{value!r} is not a whole number") from None
-    if not math.isfinite(number) or not number.is_integer():
-        raise ValidationError(field, f"{value!r} is not a whole number")
-    if number < low or (high is not None and number > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValidationError(field, f"{int(number)} must be {bound}")
-    return int(number)
+    """A whole number in ``low..high`` (``high`` defaults to :data:`MAX_ID`, never unbounded).
 
-
-def positive(field: str, value: Any) -> float:
-    try:
-        number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
-    except ValueError:
-        raise ValidationError(field, f"{value!r} is not a number") from None
-    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
-        raise ValidationError(field, f"{value!r} must be a number > 0")
+    Accepts ints, integral floats and their text (``"4"``, ``"4.0"``, ``"1e3"``); refuses booleans,
+    non-finite values, fractions, over-long text and every other type, naming ``field``."""
+    ceiling = MAX_ID if high is None else high
+    number = _parse_number(field, value, "a whole number")
+    if isinstance(number, float):
+        if not math.isfinite(number) or not number.is_integer():
+            raise ValidationError(field, f"{shown(value)} is not a whole number")
+        number = int(number)
+    if not low <= number <= ceiling:
+        raise ValidationError(field, f"{shown(number)} must be between {low} and {ceiling}")
     return number
+
+
+def bounded(field: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
+    """A finite number in ``[low, high]`` (``(low, high]`` with ``low_open``), as a float."""
+    number = _parse_number(field, value, "a number")
+    try:
+        as_float = float(number)
+    except OverflowError:  # an int beyond the float range
+        raise ValidationError(field, f"{shown(value)} must be at most {num_text(high)}") from None
+    if not math.isfinite(as_float):
+        raise ValidationError(field, f"{shown(value)} is not a finite number")
+    if as_float > high or as_float < low or (low_open and as_float == low):
+        bound = (f"> {num_text(low)} and <= {num_text(high)}" if low_open
+                 else f"between {num_text(low)} and {num_text(high)}")
+        raise ValidationError(field, f"{shown(value)} must be a number {bound}")
+    return as_float + 0.0  # -0.0 becomes 0.0
+
+
+def positive(field: str, value: Any, high: float = MAX_NUMBER) -> float:
+    """A finite number > 0 and <= ``high`` (default :data:`MAX_NUMBER`), as a float."""
+    return bounded(field, value, 0.0, high, low_open=True)
+
+
+def id_value(field: str, value: Any) -> int:
+    """A row id: 1..:data:`MAX_ID`."""
+    return whole(field, value, 1, MAX_ID)
+
+
+def cores_value(field: str, value: Any, low: int = 1) -> int:
+    """A number of cores: ``low``..:data:`MAX_CORES`."""
+    return whole(field, value, low, MAX_CORES)
+
+
+def ram_value(field: str, value: Any, low: int = 1) -> int:
+    """RAM in MB: ``low``..:data:`MAX_RAM_MB`."""
+    return whole(field, value, low, MAX_RAM_MB)
+
+
+def disk_value(field: str, value: Any, low: int = 0) -> int:
+    """Disk in GB: ``low`` (default 0)..:data:`MAX_DISK_GB`."""
+    return whole(field, value, low, MAX_DISK_GB)
+
+
+def seats_value(field: str, value: Any) -> int:
+    """Seats of a reservation block: 1..:data:`MAX_SEATS`."""
+    return whole(field, value, 1, MAX_SEATS)
+
+
+def hours_value(field: str, value: Any, high: float = MAX_HOURS_BOOKING) -> float:
+    """A duration in hours: :data:`MIN_HOURS` (one minute: the priority's E is at least 1 minute) to
+    ``high`` (default :data:`MAX_HOURS_BOOKING`)."""
+    return bounded(field, value, MIN_HOURS, high)
+
+
+def text_value(field: str, value: Any, max_len: int = MAX_TEXT) -> str:
+    """Free text (a description, a path, a kernel command line): a string of at most ``max_len``
+    characters, valid UTF-8 (no lone surrogates, which is how Python carries undecodable bytes of
+    argv) and without control characters (newlines, NUL, escape sequences)."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"{shown(value)} is not text")
+    problem = text_problem(value, max_len)
+    if problem:
+        raise ValidationError(field, problem)
+    return value
+
+
+def text_problem(value: str, max_len: int = MAX_TEXT) -> str | None:
+    """Why ``value`` is not acceptable free text (see :func:`text_value`), or None."""
+    if len(value) > max_len:
+        return f"{shown(value)} is longer than {max_len} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{shown(value)} is not valid UTF-8"
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return f"{shown(value)} contains control characters"
+    return None
+
+
+def check_name(field: str, value: Any) -> str:
+    """A name (slave, group, image, user): 1-63 letters, digits, '.', '_' or '-', starting alnum.
+    Numbers are taken as their text (YAML reads ``name: 2024`` as an int); None, booleans, bytes and
+    containers are refused."""
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 10**63:
+        text = str(value)
+    else:
+        text = ""
+    if not NAME_RE.fullmatch(text):
+        raise ValidationError(field, f"{shown(value)} must be 1-63 letters, digits, '.', '_' or '-' (starting alnum)")
+    return text
 
 
 def slave_input(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: Any) -> tuple[str, str, dict[str, int]]:
     """A slave's name, address and total capacity, checked; a bad value names its field."""
     name = check_name("name", name)
     try:
-        address = str(ipaddress.ip_address(str(address).strip()))
+        text = address if isinstance(address, str) else str(address) if address is not None else ""
+        if len(text) > 64:
+            raise ValueError(text)
+        address = str(ipaddress.ip_address(text.strip()))
     except ValueError:
-        raise ValidationError("address", f"{address!r} is not an IP address") from None
-    capacity = {"cores_total": whole("cores", cores), "ram_mb_total": whole("ram_mb", ram_mb),
-                "disk_gb_total": whole("disk_gb", disk_gb)}
+        raise ValidationError("address", f"{shown(address)} is not an IP address") from None
+    capacity = {"cores_total": cores_value("cores", cores), "ram_mb_total": ram_value("ram_mb", ram_mb),
+                "disk_gb_total": disk_value("disk_gb", disk_gb, 1)}
     return name, address, capacity
 
 
-def slave_status(value: str) -> SlaveStatus:
+def slave_status(value: Any) -> SlaveStatus:
+    from .models import SlaveStatus  # here, not at the top: priority imports this module's bounds
+
     try:
         return SlaveStatus(str(value).strip().lower())
     except ValueError:
-        raise ValidationError("status", f"{value!r}: choose one of up, down, draining") from None
+        raise ValidationError("status", f"{shown(value)}: choose one of up, down, draining") from None
 
 
 def iso(value: datetime | None) -> str | None:

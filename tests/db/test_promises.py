@@ -129,7 +129,7 @@ def test_a_block_whose_seats_do_not_pack_is_refused_naming_the_seat(lab_db):
 def test_release_of_a_live_vm_goes_through_stop_and_addresses_wait_for_the_master(lab_db):
     a = service.request(cores=1, ram_mb=512, hours=1, **LOW, url=lab_db)
     lifecycle.mark_running(a["id"], url=lab_db)
-    with pytest.raises(ConflictError, match="stop it with `vcl stop"):
+    with pytest.raises(ConflictError, match=r"stop it with `vcl stop"):
         claims.release(a["id"], url=lab_db)
     # A dead slave's VM is lost: its cores come back at once, its addresses only once the master dropped them.
     out = lifecycle.reconcile({"s1": {"reachable": False}}, lab_db)
@@ -150,7 +150,7 @@ def test_one_launch_per_instance_and_an_expired_lease_is_recovered(lab_db, monke
     second = lifecycle.lease(waiting["id"], lab_db)
     assert first["lease"] and second["lease"] is None
     assert second["refused"] == f"instance {waiting['id']} is being launched by another run until 10:30"
-    with pytest.raises(ConflictError, match="^lease: instance .* is being launched by another run"):
+    with pytest.raises(ConflictError, match=r"^lease: instance .* is being launched by another run"):
         lifecycle.place(waiting["id"], url=lab_db, lease_token="not-the-token")
     assert lifecycle.dispatch_plan(url=lab_db)["launch"] == []  # leased: left to its launch
     lifecycle.place(waiting["id"], url=lab_db, lease_token=first["lease"])
@@ -160,7 +160,7 @@ def test_one_launch_per_instance_and_an_expired_lease_is_recovered(lab_db, monke
     assert out["leases_expired"] == [waiting["id"]] and out["unnet"] == [waiting["id"]]
     inst = instances(lab_db)[waiting["id"]]
     assert (inst.state, inst.slave_id, inst.lease_owner) == ("pending", None, None)
-    with pytest.raises(ConflictError, match="^lease: the launch's lease"):
+    with pytest.raises(ConflictError, match=r"^lease: the launch's lease"):
         lifecycle.mark_running(waiting["id"], url=lab_db, lease_token=first["lease"])
     assert simulate.run_dispatch(url=lab_db)["launched"] == [waiting["id"]]
 
@@ -173,9 +173,7 @@ def test_a_dead_slave_s_seats_run_elsewhere_and_its_requests_go_back_to_the_queu
     be = service.request(cores=1, ram_mb=512, hours=3, **HIGH, url=lab_db)
     simulate.run_dispatch(url=lab_db)
     dead = seat.slave_id
-    with db.read(lab_db) as s:
-        name = {1: "s1", 2: "s2"}[dead]
-    assert instances(lab_db)[be["id"]].slave_id == dead or True
+    name = {1: "s1", 2: "s2"}[dead]
     out = lifecycle.reconcile({name: {"reachable": False}}, lab_db)
     assert seat.id in out["lost"] and out["down"] == [name]
     requeued = {x["lost"]: x for x in out["requeued"]}

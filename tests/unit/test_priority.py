@@ -91,18 +91,26 @@ def test_numbers_refuse_non_numbers_and_non_finite(field: str, value: object) ->
     assert err.value.field == field
 
 
-@pytest.mark.parametrize("value", [0, -1, "0", "-600", -0.0])
+@pytest.mark.parametrize("value", [0, -1, "0", "-600", -0.0, 0.5, 1e-300])
 @pytest.mark.parametrize("field", ["ram_mb", "minutes"])
-def test_ram_and_minutes_must_be_positive(field: str, value: object) -> None:
+def test_ram_and_minutes_must_be_at_least_one(field: str, value: object) -> None:
+    # At least 1 MB and 1 minute: log2(R) and ln(E) stay >= 0, so a tiny value buys no priority.
     with pytest.raises(ValidationError) as err:
         inputs(**{field: value})
     assert err.value.field == field
-    assert "greater than 0" in err.value.message
+    assert "between 1 and" in err.value.message
 
 
-@pytest.mark.parametrize("value", [-100, 0, "-3.5", 1e6])
-def test_platform_value_is_any_finite_number(value: object) -> None:
+@pytest.mark.parametrize("value", [0, "3.5", 10, "10.0", -0.0])
+def test_platform_value_within_zero_and_the_maximum(value: object) -> None:
     assert inputs(platform_value=value).platform_value == float(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [-100, -0.5, "-3.5", 10.001, 1e6, "1e308"])
+def test_platform_value_outside_zero_and_the_maximum_is_refused(value: object) -> None:
+    with pytest.raises(ValidationError) as err:
+        inputs(platform_value=value)
+    assert err.value.field == "platform_value"
 
 
 def test_direct_construction_is_checked_too() -> None:
