@@ -27,6 +27,7 @@ a time; the ledger takes windows of any day.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,18 +85,14 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat]) -> Assignment:
     """Place ``seats`` on ``hosts`` over time (see the module docs); stops at the first seat with no room."""
     free = {h.id: [h.cores, h.ram_mb] for h in hosts}
     ordered = sorted(seats, key=lambda s: (s.start, -s.cores, -s.ram_mb, s.order, s.reservation, s.seat))
-    ends: list[tuple[datetime, Seat, int]] = []
+    ends: list[tuple[datetime, int, int, int, int]] = []  # a heap: (end, n, host, cores, ram)
     slots: dict[tuple[int, int], int] = {}
-    for seat in ordered:
+    for n, seat in enumerate(ordered):
         # Seats that ended by this start give their room back first (half-open windows).
-        keep = []
-        for end, other, host in ends:
-            if end <= seat.start:
-                free[host][0] += other.cores
-                free[host][1] += other.ram_mb
-            else:
-                keep.append((end, other, host))
-        ends = keep
+        while ends and ends[0][0] <= seat.start:
+            _, _, host, cores, ram = heapq.heappop(ends)
+            free[host][0] += cores
+            free[host][1] += ram
         best: tuple[int, int, int] | None = None
         for host_id, (cores, ram) in free.items():
             if cores >= seat.cores and ram >= seat.ram_mb:
@@ -103,7 +100,7 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat]) -> Assignment:
                 if best is None or rank < best:
                     best = rank
         if best is None:
-            busy = sum(o.cores for _, o, _ in ends)
+            busy = sum(e[3] for e in ends)
             total = sum(h.cores for h in hosts)
             largest = max((h.cores for h in hosts), default=0)
             reason = (f"seat {seat.seat + 1} of reservation {seat.reservation} ({seat.cores} cores, {seat.ram_mb} MB)"
@@ -114,7 +111,7 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat]) -> Assignment:
         free[host_id][0] -= seat.cores
         free[host_id][1] -= seat.ram_mb
         slots[seat.key] = host_id
-        ends.append((seat.end, seat, host_id))
+        heapq.heappush(ends, (seat.end, n, host_id, seat.cores, seat.ram_mb))
     return Assignment(slots)
 
 

@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import String, bindparam, func, select, type_coerce
@@ -143,6 +144,13 @@ def view(q: Any, now: datetime, hours: int, skip: frozenset[int] = frozenset()) 
     return View(now, up, assignment, ledger, holders, seats)
 
 
+@lru_cache(maxsize=64)
+def _assign_day(hosts: tuple[Host, ...], seats: tuple[Seat, ...]) -> Assignment:
+    """One day's assignment, remembered: it is a pure function of the slaves and the day's seats, and a
+    dispatch run that launches a class asks for the same one once per seat."""
+    return assign_seats(hosts, seats)
+
+
 def _assign_by_day(hosts: Sequence[Host], seats: Sequence[Seat]) -> Assignment:
     """Seats of different days never meet: assign each day on its own and merge. A day that cannot be
     placed whole (the pool lost capacity) keeps the seats placed before the first that failed."""
@@ -152,7 +160,8 @@ def _assign_by_day(hosts: Sequence[Host], seats: Sequence[Seat]) -> Assignment:
     for seat in seats:
         by_day.setdefault(seat.start.date(), []).append(seat)
     for day in sorted(by_day):
-        result = assign_seats(hosts, by_day[day])
+        day_seats_ = sorted(by_day[day], key=lambda s: (s.reservation, s.seat))
+        result = _assign_day(tuple(hosts), tuple(day_seats_))
         slots.update(result.slots)
         if result.failed is not None and failed is None:
             failed, reason = result.failed, result.reason
