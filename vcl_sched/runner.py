@@ -23,8 +23,10 @@ and the checkout both work, the project's own first. A playbook file inside the 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -243,6 +245,44 @@ def _output_error(result: Any) -> str:
 
 # --- the run ------------------------------------------------------------------------------------
 
+# Extra vars are data (SPEC §11): every string goes to Ansible marked unsafe, so a value such as
+# "{{ lookup('pipe', 'touch /tmp/x') }}" stays that text and is never templated. Keys are plain identifiers
+# and never one of Ansible's own (magic) variables.
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_RESERVED_KEYS = frozenset({
+    "hostvars", "groups", "group_names", "inventory_hostname", "inventory_hostname_short", "inventory_dir",
+    "inventory_file", "play_hosts", "ansible_play_hosts", "ansible_play_batch", "environment", "vars", "omit",
+    "playbook_dir", "role_name", "role_path", "item", "lookup", "query", "q", "now", "undef", "self",
+})
+
+
+def _unsafe(value: Any) -> Any:
+    """Every string, at any depth, as Ansible's JSON form of an unsafe value. (YAML's ``!unsafe`` tag is not
+    used: Ansible resolves the tagged scalar's type, so ``!unsafe "0123"`` arrives as the integer 83.)"""
+    if isinstance(value, str):
+        return {"__ansible_unsafe": value}
+    if isinstance(value, Mapping):
+        return {str(k): _unsafe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unsafe(v) for v in value]
+    return value
+
+
+def check_extravar_key(key: Any) -> str:
+    """An extra var's name: an identifier, not ``ansible_*`` and not one of Ansible's magic variables."""
+    text = str(key)
+    if not _KEY_RE.match(text) or text.startswith("ansible_") or text in _RESERVED_KEYS:
+        raise RunnerError(f"extra_vars: {text[:64]!r} is not allowed as a variable name (letters, digits and '_',"
+                          " not starting with a digit, not ansible_* or one of Ansible's own variables)")
+    return text
+
+
+def unsafe_extravars_json(extravars: Mapping[str, Any]) -> str:
+    """The extra vars as a JSON document whose strings are all marked unsafe; keys are checked."""
+    checked = {check_extravar_key(k): _unsafe(v) for k, v in extravars.items()}
+    return json.dumps(checked, sort_keys=True, allow_nan=False)
+
+
 def _venv_path() -> str:
     """PATH with this Python's bin directory first, so the ansible-playbook beside this vcl runs."""
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
@@ -274,12 +314,19 @@ def run(
     env.update({k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)})
     env.update(envvars or {})
     watcher = Progress(progress)
+    document = unsafe_extravars_json(extravars or {})
     with tempfile.TemporaryDirectory(prefix="vcl-run-") as private:
+        # Not ansible-runner's own extravars (it passes them as plain values, which Ansible templates): a file
+        # of this run's private directory (mode 0700), with every string marked unsafe, given to -e @FILE.
+        vars_file = Path(private) / "vcl-extravars.json"
+        fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(document)
         kwargs: dict[str, Any] = {
             "private_data_dir": private,
             "project_dir": str(root),
             "playbook": path,
-            "extravars": dict(extravars or {}),
+            "cmdline": f"-e @{shlex.quote(str(vars_file))}",
             "envvars": env,
             "quiet": True,  # ansible's own output stays in the artifacts; progress lines replace it
             "suppress_env_files": True,  # extra vars and environment are not written to disk

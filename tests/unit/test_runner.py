@@ -352,3 +352,34 @@ def test_cli_reserve_run_records_through_the_real_collection(vcl, tmp_path, monk
     assert data["vcl_result"]["decision"] == "place" and data["vcl_result"]["slave"] == "s1"
     assert "vcl_master: the inventory must have exactly one host" in err
     assert [(i["state"], i["slave"]) for i in service.list_instances(url)] == [("pending", "s1")]
+
+
+# --- extra vars are data (SPEC §11) ------------------------------------------------------------------------
+
+HOSTILE = ['{{ lookup("pipe", "touch MARK") }}', "{% for x in range(3) %}{{ x }}{% endfor %}", "!!python/object:os.system",
+           "$(touch MARK); `touch MARK`", "0123", "true", "0x10", "2026-11-23 10:00", "line\\nbreak"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_extra_vars_reach_the_playbook_as_the_text_given_and_run_nothing(vcl, project, tmp_path, value):
+    mark = tmp_path / "mark"
+    text = value.replace("MARK", str(mark))
+    code, out, err = vcl("run", "echo", "-e", f"owner={text}", "-e", "cores=4", "--project", str(project), "--json")
+    assert code == EXIT_OK, err
+    received = json.loads(out)["vcl_result"]["received"]
+    assert received == {"owner": text, "cores": "4"}  # strings stay strings: never templated, never retyped
+    assert not mark.exists()
+
+
+def test_the_extra_vars_file_marks_every_string_unsafe_at_any_depth():
+    document = json.loads(runner.unsafe_extravars_json({"owner": "{{ x }}", "ids": [1, "2"], "n": 3,
+                                                        "nested": {"a": "b"}}))
+    assert document == {"owner": {"__ansible_unsafe": "{{ x }}"}, "ids": [1, {"__ansible_unsafe": "2"}], "n": 3,
+                        "nested": {"a": {"__ansible_unsafe": "b"}}}
+
+
+@pytest.mark.parametrize("key", ["ansible_ssh_common_args", "hostvars", "omit", "1abc", "a-b", "{{ x }}", "a b",
+                                 "x" * 65])
+def test_extra_var_names_are_identifiers_and_never_ansibles_own(vcl, project, key):
+    code, out, err = vcl("run", "echo", "-e", f"{key}=1", "--project", str(project))
+    assert code == EXIT_ERROR and out == "" and err.count("\n") == 1 and "extra_vars" in err, err
