@@ -356,8 +356,9 @@ def test_cli_reserve_run_records_through_the_real_collection(vcl, tmp_path, monk
 
 # --- extra vars are data (SPEC §11) ------------------------------------------------------------------------
 
-HOSTILE = ['{{ lookup("pipe", "touch MARK") }}', "{% for x in range(3) %}{{ x }}{% endfor %}", "!!python/object:os.system",
-           "$(touch MARK); `touch MARK`", "0123", "true", "0x10", "2026-11-23 10:00", "line\\nbreak"]
+HOSTILE = ['{{ lookup("pipe", "touch MARK") }}', "{% for x in range(3) %}{{ x }}{% endfor %}",
+           "!!python/object:os.system", "$(touch MARK); `touch MARK`", "0123", "true", "0x10", "2026-11-23 10:00",
+           "line\\nbreak"]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
