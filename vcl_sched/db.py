@@ -55,11 +55,39 @@ class DryRun(Exception):
         self.result = result
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL or an in-memory database)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def create_sqlite_file(url: str) -> None:
+    """``vcl db init``: the database file readable by its owner only (SQLite gives its -wal and -shm files the
+    same mode), in a directory that only its owner may enter when VCL creates it. An existing file is made
+    private too. Nothing else creates the file: a read of a database that does not exist changes nothing."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):  # every directory VCL creates is its owner's only
+        directory.mkdir(mode=0o700)
+        directory.chmod(0o700)  # whatever the umask
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{path}{suffix}")
+        if part.exists() and not part.is_symlink() and part.stat().st_mode & 0o077:
+            part.chmod(0o600)
+
+
 def _new_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
@@ -460,6 +488,7 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     from alembic import command
 
     url = url or config.db_url()
+    create_sqlite_file(url)
     command.upgrade(_alembic_config(url), revision)
     with Session(engine(url)) as session, session.begin():
         for name in LOCK_NAMES:
@@ -509,6 +538,9 @@ def require_schema(url: str | None = None) -> None:
     url = url or config.db_url()
     if url in _schema_ok:
         return
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise VclError(f"the lab database {path} does not exist: run `vcl db init`")
     try:
         current = current_revision(url)
     except OperationalError as err:
