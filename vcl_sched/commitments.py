@@ -28,7 +28,7 @@ a time; the ledger takes windows of any day.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -81,8 +81,12 @@ def seats_of(reservation: int, seats: int, cores: int, ram_mb: int, start: datet
     return [Seat(reservation, n, cores, ram_mb, start, end, order) for n in range(seats)]
 
 
-def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat]) -> Assignment:
-    """Place ``seats`` on ``hosts`` over time (see the module docs); stops at the first seat with no room."""
+def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat],
+                 pinned: Mapping[tuple[int, int], int] | None = None) -> Assignment:
+    """Place ``seats`` on ``hosts`` over time (see the module docs); stops at the first seat with no room.
+
+    ``pinned`` seats (key → host id) are where they already run: they take their room on that host whatever
+    the best fit would say, so the assignment never disagrees with what runs."""
     free = {h.id: [h.cores, h.ram_mb] for h in hosts}
     ordered = sorted(seats, key=lambda s: (s.start, -s.cores, -s.ram_mb, s.order, s.reservation, s.seat))
     ends: list[tuple[datetime, int, int, int, int]] = []  # a heap: (end, n, host, cores, ram)
@@ -94,7 +98,10 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat]) -> Assignment:
             free[host][0] += cores
             free[host][1] += ram
         best: tuple[int, int, int] | None = None
-        for host_id, (cores, ram) in free.items():
+        pin = pinned.get(seat.key) if pinned else None
+        if pin is not None and pin in free:
+            best = (0, 0, pin)
+        for host_id, (cores, ram) in free.items() if best is None else ():
             if cores >= seat.cores and ram >= seat.ram_mb:
                 rank = (cores - seat.cores, ram - seat.ram_mb, host_id)
                 if best is None or rank < best:

@@ -31,6 +31,8 @@ from .priority import same_priority, service_order_key
 
 HOLDS_CAPACITY = (InstanceState.PENDING, InstanceState.RUNNING)  # suspended VMs hold only disk
 BOOKED = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
+# A day's seats, for the assignment: those that ended today still shaped where the later ones go.
+PLACED = (ReservationState.ACCEPTED, ReservationState.ACTIVE, ReservationState.DONE)
 HOUR = timedelta(hours=1)
 
 
@@ -41,7 +43,7 @@ def _day(moment: datetime) -> datetime:
 _RESERVATIONS = db.Prepared(
     select(Reservation.id, Reservation.seats, Reservation.cores, Reservation.ram_mb, Reservation.start,
            Reservation.end, Reservation.priority, Reservation.register_as_slave)
-    .where(Reservation.state.in_([bindparam(f"booked_{s}", s, Reservation.state.type) for s in BOOKED]),
+    .where(Reservation.state.in_([bindparam(f"placed_{s}", s, Reservation.state.type) for s in PLACED]),
            Reservation.end > bindparam("start"), Reservation.start < bindparam("end")))
 _HOLDING = db.Prepared(
     select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
@@ -59,8 +61,9 @@ def reservation_order(priority: float, register_as_slave: int, rid: int) -> tupl
 
 def day_seats(q: Any, days: Sequence[datetime], extra: Sequence[Seat] = (),
               moved: dict[int, tuple[datetime, datetime]] | None = None) -> list[Seat]:
-    """Every seat of the accepted and active reservations on the given days (``moved`` windows replace
-    the stored ones, as an admission that moves bookings would leave them), plus ``extra``."""
+    """Every seat of the accepted, active and done reservations on the given days (``moved`` windows replace
+    the stored ones, as an admission that moves bookings would leave them), plus ``extra``. Done ones count:
+    a block that ended at 10:00 decided, while it ran, where the blocks that run past 10:00 went."""
     seats: list[Seat] = list(extra)
     seen: set[int] = set()
     for day in sorted(set(days)):
@@ -130,13 +133,13 @@ def view(q: Any, now: datetime, hours: int, skip: frozenset[int] = frozenset()) 
         days.append(day)
         day += timedelta(days=1)
     seats = day_seats(q, days)
-    assignment = _assign_by_day(up, seats)
+    holders = [Holder(*row) for row in _HOLDING.all(q) if row[0] not in skip]
+    assignment = _assign_by_day(up, seats, _pins(holders))
     ledger = Ledger(up, now)
     for seat in seats:
         host = assignment.slots.get(seat.key)
         if host is not None and seat.end > now and seat.start < until:
             ledger.add(host, seat.start, seat.end, seat.cores, seat.ram_mb, ("seat", seat.key))
-    holders = [Holder(*row) for row in _HOLDING.all(q) if row[0] not in skip]
     for h in holders:
         if h.kind == InstanceKind.AR and assignment.slots.get((h.reservation, h.seat)) == h.slave_id:
             continue  # its seat's window is on this slave already
@@ -144,14 +147,22 @@ def view(q: Any, now: datetime, hours: int, skip: frozenset[int] = frozenset()) 
     return View(now, up, assignment, ledger, holders, seats)
 
 
+def _pins(holders: Sequence[Holder]) -> dict[tuple[int, int], int]:
+    """Seats that hold a slave now (running, or claimed by a launch) are assigned where they are."""
+    return {(h.reservation, h.seat): h.slave_id for h in holders
+            if h.kind == InstanceKind.AR and h.reservation is not None and h.seat is not None}
+
+
 @lru_cache(maxsize=64)
-def _assign_day(hosts: tuple[Host, ...], seats: tuple[Seat, ...]) -> Assignment:
-    """One day's assignment, remembered: it is a pure function of the slaves and the day's seats, and a
-    dispatch run that launches a class asks for the same one once per seat."""
-    return assign_seats(hosts, seats)
+def _assign_day(hosts: tuple[Host, ...], seats: tuple[Seat, ...],
+                pinned: tuple[tuple[tuple[int, int], int], ...]) -> Assignment:
+    """One day's assignment, remembered: it is a pure function of the slaves, the day's seats and where the
+    running ones are, and a dispatch run that launches a class asks for the same one once per seat."""
+    return assign_seats(hosts, seats, dict(pinned))
 
 
-def _assign_by_day(hosts: Sequence[Host], seats: Sequence[Seat]) -> Assignment:
+def _assign_by_day(hosts: Sequence[Host], seats: Sequence[Seat],
+                   pinned: dict[tuple[int, int], int] | None = None) -> Assignment:
     """Seats of different days never meet: assign each day on its own and merge. A day that cannot be
     placed whole (the pool lost capacity) keeps the seats placed before the first that failed."""
     slots: dict[tuple[int, int], int] = {}
@@ -161,7 +172,9 @@ def _assign_by_day(hosts: Sequence[Host], seats: Sequence[Seat]) -> Assignment:
         by_day.setdefault(seat.start.date(), []).append(seat)
     for day in sorted(by_day):
         day_seats_ = sorted(by_day[day], key=lambda s: (s.reservation, s.seat))
-        result = _assign_day(tuple(hosts), tuple(day_seats_))
+        keys = {s.key for s in day_seats_}
+        pins = tuple(sorted((k, v) for k, v in (pinned or {}).items() if k in keys))
+        result = _assign_day(tuple(hosts), tuple(day_seats_), pins)
         slots.update(result.slots)
         if result.failed is not None and failed is None:
             failed, reason = result.failed, result.reason
@@ -173,7 +186,7 @@ def check_block(q: Any, new: list[Seat], moved: dict[int, tuple[datetime, dateti
     up, _ = hosts_of(q)
     days = sorted({_day(s.start) for s in new})
     seats = day_seats(q, days, new, moved)
-    result = _assign_by_day(up, seats)
+    result = _assign_by_day(up, seats, _pins([Holder(*row) for row in _HOLDING.all(q)]))
     return result.reason if result.failed is not None else ""
 
 

@@ -6,10 +6,12 @@ through the service and ``simulate.run_dispatch`` (dispatch.yml's steps, every h
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from sqlalchemy import select
 
-from vcl_sched import claims, db, lifecycle, service, simulate
+from vcl_sched import claims, db, lifecycle, promises, service, simulate
 from vcl_sched.errors import ConflictError
 from vcl_sched.models import AddressPair, Instance
 
@@ -197,3 +199,20 @@ def test_a_failed_launch_on_one_slave_leaves_nothing_held(lab_db, monkeypatch):
         held = {p.instance_id for p in s.scalars(select(AddressPair)) if p.instance_id is not None}
     live = {i.id for i in instances(lab_db).values() if i.state in ("running", "pending") and i.mac}
     assert held == live and queued[0]["id"] not in held
+
+
+def test_seats_run_on_their_assigned_slaves_when_an_earlier_block_of_the_day_is_done(lab_db, monkeypatch):
+    # 09-10 one seat of 4, 09-12 two seats of 4, 10-12 one seat of 4: 12 of 12 cores from 09:00 to 12:00.
+    for seats, start, hours in ((1, "09:00", 1), (2, "09:00", 3), (1, "10:00", 2)):
+        r = service.reserve(seats=seats, cores=4, ram_mb=512, start=f"2026-11-23 {start}", hours=hours, **LOW,
+                            url=lab_db)
+        assert r["state"] == "accepted", r["reason"]
+    for now in ("2026-11-23 09:00", "2026-11-23 10:00"):
+        monkeypatch.setenv("VCL_NOW", now)
+        out = simulate.run_dispatch(url=lab_db)
+        assert out["suspended"] == [] and out["plan"]["wait"] == [], out["plan"]["notes"]
+        with db.read(lab_db) as s:
+            view = promises.view(s, datetime.fromisoformat(now), 5)
+        running = [i for i in instances(lab_db).values() if i.kind == "AR" and i.state == "running"]
+        assert running and all(view.seat_slave(i.reservation_id, i.seat) == i.slave_id for i in running)
+    assert running_cores(lab_db, "AR") == 12

@@ -75,3 +75,11 @@ def test_the_ledger_gives_a_best_effort_vm_the_hours_before_a_seat_needs_its_cor
     ledger.remove(("vm", 9, "BE", 7.0))
     assert ledger.committed_at(1, at(9)) == (0, 0)
     assert ledger.hours(3, 1, 1, 5) == 0  # an unknown slave fits nothing
+
+
+def test_seats_that_already_run_are_assigned_where_they_run():
+    seats = seats_of(1, 2, 2, 512, at(9), at(12))
+    free_choice = assign_seats(HOSTS, seats)
+    assert free_choice.slots == {(1, 0): 2, (1, 1): 2}
+    pinned = assign_seats(HOSTS, seats, {(1, 0): 1})  # seat 0 runs on s1 (say, relaunched after a loss)
+    assert pinned.slots == {(1, 0): 1, (1, 1): 2}
