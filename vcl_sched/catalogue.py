@@ -8,6 +8,7 @@ audit row; a duplicate name is a ``ConflictError`` naming the field. The lookups
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
@@ -126,6 +127,12 @@ def configure(updates: dict[str, str], url: str | None = None) -> dict[str, Any]
 def _rewrite_pairs(session: Session, settings: config.Settings) -> None:
     private = config.parse_pool(settings.private_pool, "private_pool") if settings.private_pool else []
     public = config.parse_pool(settings.public_pool, "public_pool") if settings.public_pool else []
+    hosts = {a: n for n, a in session.execute(select(Slave.name, Slave.address))}
+    for field, pool in (("private_pool", private), ("public_pool", public)):
+        taken = sorted(set(pool) & set(hosts), key=ipaddress.IPv4Address)
+        if taken:
+            raise ValidationError(field, f"contains {taken[0]}, the address of slave {hosts[taken[0]]}: a VM would"
+                                         " take a host's address")
     wanted = list(zip(private, public, strict=False))  # pairs in order; the shorter pool sets the count
     wanted_set = set(wanted)
     held = session.execute(select(AddressPair.private_ip, AddressPair.public_ip, AddressPair.instance_id)
@@ -256,6 +263,11 @@ def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, st
             other = session.scalar(select(Slave.name).where(column == value))
             if other is not None:
                 raise ConflictError(f"{what}: slave {other!r} already has {what} {value}")
+        in_pool = session.scalar(select(AddressPair.id).where(
+            (AddressPair.private_ip == address) | (AddressPair.public_ip == address)))
+        if in_pool is not None:
+            raise ValidationError("address", f"{address} is in the VMs' address pools (vcl config): a host must not"
+                                             " have an address a VM may get")
         now = config.now()
         slave = Slave(name=name, address=address, status=state, generation=0, joined_at=now, updated_at=now,
                       cores_used=0, ram_mb_used=0, disk_gb_used=0, **capacity)

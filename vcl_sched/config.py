@@ -100,7 +100,20 @@ def pool_bounds(value: str, field_name: str) -> tuple[int, int]:
         raise ValidationError(field_name, f"{text!r} is not an IPv4 range 'A-B' or network 'N/len': {err}") from None
     if last - first + 1 > 65536:
         raise ValidationError(field_name, f"{text!r} holds {last - first + 1} addresses; at most 65536")
+    home = next((net for net in POOL_NETWORKS if int(net.network_address) <= first <= int(net.broadcast_address)),
+                None)
+    if home is None or last > int(home.broadcast_address):
+        raise ValidationError(field_name, f"{text!r} must lie within one private network"
+                                          f" ({', '.join(str(n) for n in POOL_NETWORKS[:3])}, ...): VMs never get"
+                                          " public, loopback, multicast or link-local addresses")
     return first, last
+
+
+# Where VM addresses may come from: RFC 1918, shared address space (RFC 6598), benchmarking (RFC 2544) and the
+# documentation networks (RFC 5737); never public, loopback, multicast, link-local or reserved addresses.
+POOL_NETWORKS = tuple(ipaddress.IPv4Network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15", "192.0.2.0/24",
+    "198.51.100.0/24", "203.0.113.0/24"))
 
 
 def parse_pool(value: str, field_name: str) -> list[str]:

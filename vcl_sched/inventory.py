@@ -13,6 +13,7 @@ newer but still has the columns read here keeps working, e.g. while a site upgra
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +25,7 @@ from . import db
 from .config import safe_url
 from .errors import VclError
 from .models import Slave, SlaveStatus
+from .validate import host_name_problem, unicast_problem
 
 REGISTERED_GROUP = "vcl_registered"  # every slave in the database, whatever its status
 STATUS_GROUP_PREFIX = "vcl_status_"
@@ -145,6 +147,20 @@ def _explain(url: str, err: DBAPIError) -> NoReturn:
     else:
         db.require_schema(url)  # raises "not initialised" / "needs an upgrade" with the fix
     raise VclError(f"cannot read the lab database ({safe_url(url)}): {reason}") from None
+
+
+def row_problem(slave: dict[str, Any]) -> str:
+    """Why a slave row of the database must not become an inventory host (a reserved or invalid name, an
+    address that is not one unicast IPv4 host), or "": the same checks as ``vcl slave add``."""
+    problem = host_name_problem(slave["name"])
+    if problem:
+        return f"name: {problem}"
+    try:
+        address = ipaddress.ip_address(str(slave["vars"]["ansible_host"]))
+    except ValueError:
+        return f"address: {str(slave['vars']['ansible_host'])[:64]!r} is not an IP address"
+    problem = unicast_problem(address)
+    return f"address: {problem}" if problem else ""
 
 
 def _host(row: Any) -> dict[str, Any]:

@@ -197,16 +197,52 @@ def check_name(field: str, value: Any) -> str:
     return text
 
 
+# A slave's name is an inventory host name: never a name Ansible or the inventory plugin gives a meaning.
+RESERVED_HOST_NAMES = frozenset({"localhost", "all", "ungrouped", "vcl_registered", "vcl_master", "vcl_slaves",
+                                 "vcl_clients", "vcl_lent", "127.0.0.1", "::1"})
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+HOST_NAME_RE = re.compile(rf"^(?=.{{1,63}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def host_name_problem(name: Any) -> str:
+    """Why ``name`` cannot be a slave's (inventory host) name, or ""."""
+    text = name if isinstance(name, str) else str(name)
+    if not HOST_NAME_RE.match(text):
+        return f"{shown(text)} is not a host name (letters, digits and '-', dot-separated labels, at most 63)"
+    if text.lower() in RESERVED_HOST_NAMES or text.lower().startswith("vcl_status_"):
+        return f"{shown(text)} is a name the inventory already gives a meaning (localhost, all, a group)"
+    return ""
+
+
+def unicast_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Why ``address`` cannot be a host's or a VM's address (not one unicast machine), or ""."""
+    if address.version != 4:
+        return f"{address} is not IPv4 (the lab is IPv4)"
+    for flag, what in (("is_unspecified", "the unspecified address"), ("is_loopback", "a loopback address"),
+                       ("is_multicast", "a multicast address"), ("is_link_local", "a link-local address"),
+                       ("is_reserved", "a reserved address (240.0.0.0/4, the broadcast 255.255.255.255)")):
+        if getattr(address, flag):
+            return f"{address} is {what}"
+    return ""
+
+
 def slave_input(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: Any) -> tuple[str, str, dict[str, int]]:
     """A slave's name, address and total capacity, checked; a bad value names its field."""
     name = check_name("name", name)
+    problem = host_name_problem(name)
+    if problem:
+        raise ValidationError("name", problem)
     try:
         text = address if isinstance(address, str) else str(address) if address is not None else ""
         if len(text) > 64:
             raise ValueError(text)
-        address = str(ipaddress.ip_address(text.strip()))
+        parsed = ipaddress.ip_address(text.strip())
     except ValueError:
         raise ValidationError("address", f"{shown(address)} is not an IP address") from None
+    problem = unicast_problem(parsed)
+    if problem:
+        raise ValidationError("address", problem)
+    address = str(parsed)
     capacity = {"cores_total": cores_value("cores", cores), "ram_mb_total": ram_value("ram_mb", ram_mb),
                 "disk_gb_total": disk_value("disk_gb", disk_gb, 1)}
     return name, address, capacity

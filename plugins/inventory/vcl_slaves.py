@@ -71,7 +71,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructa
 try:
     from vcl_sched import config as vcl_config
     from vcl_sched.errors import VclError
-    from vcl_sched.inventory import REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, status_group
+    from vcl_sched.inventory import REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, row_problem, status_group
 except ImportError as err:
     VCL_IMPORT_ERROR: ImportError | None = err
 else:
@@ -144,6 +144,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         constructed = any(self.get_option(option) for option in CONSTRUCTED)
         for slave in slaves:
             name, hostvars = slave["name"], slave["vars"]
+            problem = row_problem(slave)
+            if problem:  # a row written around `vcl slave add` (SQL by hand, an older VCL): never an inventory host
+                self.display.warning(f"vcl_slaves: the database's slave {name!r} is left out: {problem}")
+                continue
             inventory.add_host(name, group=REGISTERED_GROUP)
             inventory.add_child(inventory.add_group(status_group(hostvars["vcl_status"])), name)
             for key, value in hostvars.items():

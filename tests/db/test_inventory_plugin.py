@@ -279,8 +279,9 @@ def test_merges_with_a_static_hosts_yml_in_the_same_directory(sqlite_db, tmp_pat
 
 
 def test_database_strings_are_never_templated(sqlite_db, tmp_path):
-    # Written behind the service layer's back (it would refuse the address): what someone with
-    # write access to the database could store. Templated, it would show root's home directory.
+    # Written behind the service layer's back (it would refuse the address): what someone with write access to
+    # the database could store. Templated, it would show root's home directory; the plugin leaves the row out,
+    # and the values it does hand over are marked unsafe.
     payload = "{{ lookup('env', 'HOME') }}"
     with db.engine(sqlite_db).begin() as conn:
         conn.execute(text("UPDATE slaves SET address = :a WHERE name = 's3'"), {"a": payload})
@@ -292,11 +293,28 @@ compose:
   vcl_address_copy: ansible_host
 """,
     )
-    data = listing(source)
-    assert plain(data["_meta"]["hostvars"]["s3"])["ansible_host"] == payload
-    proc = run([BIN / "ansible", "-i", source, "s3", "-m", "ansible.builtin.debug", "-a", "var=vcl_address_copy"])
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert f'"vcl_address_copy": "{payload}"' in proc.stdout, proc.stdout
+    proc = run([BIN / "ansible-inventory", "-i", source, "--list"])
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert "s3" not in data["_meta"]["hostvars"] and os.environ.get("HOME", "/root") not in proc.stdout
+    assert "slave 's3' is left out: address:" in proc.stderr.replace("\n", " ")
+    assert data["_meta"]["hostvars"]["s1"]["ansible_host"] == {"__ansible_unsafe": "10.77.0.21"}
+
+
+@pytest.mark.parametrize(("column", "value", "why"), [
+    ("name", "localhost", "name:"), ("name", "all", "name:"), ("name", "ungrouped", "name:"),
+    ("name", "vcl_registered", "name:"), ("name", "bad_name", "name:"), ("address", "127.0.0.1", "address:"),
+    ("address", "0.0.0.0", "address:"), ("address", "169.254.1.1", "address:"), ("address", "224.0.0.1", "address:"),
+    ("address", "255.255.255.255", "address:")])
+def test_rows_that_would_break_every_play_are_left_out_and_reported(sqlite_db, tmp_path, column, value, why):
+    with db.engine(sqlite_db).begin() as conn:
+        conn.execute(text(f"UPDATE slaves SET {column} = :v WHERE name = 's3'"), {"v": value})
+    source = write_config(tmp_path / "inv", f"plugin: vcl.lab.vcl_slaves\ndb_url: {sqlite_db}\n")
+    proc = run([BIN / "ansible-inventory", "-i", source, "--list"])
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert sorted(data["vcl_registered"]["hosts"]) == ["s1", "s2"]
+    assert "is left out: " + why in proc.stderr.replace("\n", " ")
 
 
 CONFIG_ERRORS = [
