@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 from . import calendar, config, db, placement, preempt, promises
 from .audit import audit
 from .catalogue import get_settings, group_ref, image_ref, user_ref
-from .claims import HOLDS_CAPACITY, ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
+from .claims import ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
 from .errors import CapacityError
-from .models import Group, Instance, Reservation, ReservationState
+from .models import Group, Instance, InstanceState, Reservation, ReservationState
 from .priority import parse_priority_inputs, priority
 from .validate import MAX_CORES, MAX_DISK_GB, MAX_RAM_MB, MAX_SEATS, check_name, hours_value, iso, whole
 
@@ -167,7 +167,7 @@ def list_reservations(url: str | None = None, include_all: bool = False) -> dict
 _RUNNING_BE = db.Prepared(
     select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
            Instance.register_as_slave, Instance.kind)
-    .where(Instance.state.in_([bindparam(f"hold_{s}", s, Instance.state.type) for s in HOLDS_CAPACITY]),
+    .where(Instance.state == bindparam("running", InstanceState.RUNNING, Instance.state.type),
            Instance.slave_id.is_not(None)))
 
 
@@ -247,7 +247,7 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
         if never:
             return _refused(plan, never)
         view = promises.view(q, now, settings.booking.lookahead_max_hours)
-        running = [h.running_vm() for h in view.holders]
+        running = view.running()
         decision = promises.choose_best_effort(view, slave_states(q), demand, pi, hours_n,
                                                settings.placement_policy, running)
     answer["hours_granted"] = decision.hours if decision.action != "wait" else 0

@@ -387,7 +387,7 @@ def set_suspended(instance_id: Any, suspended: bool, url: str | None = None) -> 
         if inst is None or inst.slave_id is None:
             raise NotFoundError(f"id: no placed instance {iid}")
         want_from = InstanceState.RUNNING if suspended else InstanceState.SUSPENDED
-        if inst.state != want_from and not (suspended and inst.state == InstanceState.PENDING):
+        if inst.state != want_from:  # a pending launch is never suspended: its launch holds it
             raise ConflictError(f"id: instance {iid} is {inst.state}, not {want_from}")
         slave = slave_state(session, inst.slave_id)
         demand = placement.Demand(inst.cores, inst.ram_mb, 0)

@@ -243,7 +243,7 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         states = [s for s in slave_states(session) if s.name not in excluded]
         lookahead = settings.booking.lookahead_max_hours
         view = promises.view(session, now, lookahead)
-        running = [h.running_vm() for h in view.holders]
+        running = view.running()
         if inst.kind == InstanceKind.AR:
             decision = promises.choose_seat_slave(view, states, demand, inst.reservation_id, inst.seat, running,
                                                   settings.placement_policy)
@@ -518,7 +518,7 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
                 alive.append(inst)
 
         view = promises.view(session, at, lookahead, skip=frozenset(plan["stop"]))
-        running = [h.running_vm() for h in view.holders]
+        running = view.running()
         victims: set[int] = set()
         first_waiting: tuple | None = None
         for inst in sorted((i for i in alive if i.state == InstanceState.PENDING), key=_queue_key):

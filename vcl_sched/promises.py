@@ -48,7 +48,7 @@ _RESERVATIONS = db.Prepared(
 _HOLDING = db.Prepared(
     select(Instance.id, Instance.slave_id, Instance.cores, Instance.ram_mb, Instance.priority,
            Instance.register_as_slave, type_coerce(Instance.kind, String), Instance.reservation_id, Instance.seat,
-           Instance.ends_at, func.coalesce(Instance.requeued_from, Instance.id))
+           Instance.ends_at, func.coalesce(Instance.requeued_from, Instance.id), type_coerce(Instance.state, String))
     .where(Instance.state.in_([bindparam(f"hold_{s}", s, Instance.state.type) for s in HOLDS_CAPACITY]),
            Instance.slave_id.is_not(None)))
 _SLAVES = db.Prepared(select(Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total,
@@ -101,6 +101,7 @@ class Holder:
     seat: int | None
     ends_at: datetime | None
     seq: int
+    state: str = "running"
 
     def running_vm(self) -> preempt.RunningVM:
         return preempt.RunningVM(self.id, self.slave_id, self.cores, self.ram_mb, self.priority,
@@ -115,6 +116,10 @@ class View:
     ledger: Ledger
     holders: list[Holder] = field(default_factory=list)
     seats: list[Seat] = field(default_factory=list)
+
+    def running(self) -> list[preempt.RunningVM]:
+        """The VMs that run (candidates for suspension): a claimed launch in progress is nobody's victim."""
+        return [h.running_vm() for h in self.holders if h.state == InstanceState.RUNNING]
 
     def seat_slave(self, reservation: int | None, seat: int | None) -> int | None:
         if reservation is None or seat is None:

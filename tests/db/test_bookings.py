@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from vcl_sched import bookings, catalogue, claims, db
+from vcl_sched import bookings, catalogue, claims, db, lifecycle
 from vcl_sched.errors import CapacityError, ValidationError
 from vcl_sched.models import AuditLog, Group, Instance, InstanceState, Membership, Reservation, User
 
@@ -132,8 +132,10 @@ def test_without_bookings_the_look_ahead_grants_every_hour_up_to_the_pool(lab_db
 def test_a_request_that_does_not_fit_gets_the_preemption_plan(lab_db):
     low = bookings.request(cores=8, ram_mb=1024, hours=2, owner="cs", platform_value=1, register_as_slave=0, member=0,
                            url=lab_db)
-    bookings.request(cores=4, ram_mb=1024, hours=2, owner="cs", platform_value=1, register_as_slave=0, member=0,
-                     url=lab_db)
+    other = bookings.request(cores=4, ram_mb=1024, hours=2, owner="cs", platform_value=1, register_as_slave=0,
+                             member=0, url=lab_db)
+    for vm in (low, other):  # only VMs that run are suspended: a pending one is its launch's
+        lifecycle.mark_running(vm["id"], url=lab_db)
     high = bookings.request(cores=8, ram_mb=1024, hours=2, **BE, url=lab_db)
     assert high["decision"] == "suspend" and high["suspend"] == [low["id"]] and high["slave"] == "s1"
     claims.set_suspended(low["id"], True, lab_db)

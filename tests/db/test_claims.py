@@ -132,7 +132,8 @@ def test_a_direct_snapshot_does_not_see_later_commits(db_url):
 @pytest.mark.parametrize("policy", ["spread", "pack"])
 def test_direct_and_session_reads_agree(lab_db, policy):
     catalogue.configure({"placement_policy": policy}, lab_db)
-    bookings.request(cores=3, ram_mb=1024, hours=2, **BE, url=lab_db)
+    vm = bookings.request(cores=3, ram_mb=1024, hours=2, **BE, url=lab_db)
+    lifecycle.mark_running(vm["id"], url=lab_db)
     bookings.reserve(cores=2, start="2026-11-23 09:00", hours=2, **AR, url=lab_db)
     demand = placement.Demand(2, 512, 1)
     day, end = datetime(2026, 11, 23), datetime(2026, 11, 24)

@@ -216,3 +216,18 @@ def test_seats_run_on_their_assigned_slaves_when_an_earlier_block_of_the_day_is_
         running = [i for i in instances(lab_db).values() if i.kind == "AR" and i.state == "running"]
         assert running and all(view.seat_slave(i.reservation_id, i.seat) == i.slave_id for i in running)
     assert running_cores(lab_db, "AR") == 12
+
+
+def test_a_launch_in_progress_is_nobody_s_victim(lab_db):
+    low = service.request(cores=8, ram_mb=512, hours=2, **LOW, url=lab_db)
+    low2 = service.request(cores=4, ram_mb=512, hours=2, **LOW, url=lab_db)
+    token = lifecycle.lease(low["id"], lab_db)["lease"]
+    lifecycle.mark_running(low2["id"], url=lab_db)
+    high = service.request(cores=8, ram_mb=512, hours=2, **HIGH, url=lab_db)
+    # The running 4-core VM is too small to make room and the 8-core one is being launched: nothing to suspend.
+    assert high["decision"] == "wait" and low["id"] not in high.get("suspend", [])
+    plan = lifecycle.dispatch_plan(url=lab_db)
+    assert low["id"] not in plan["suspend"] and plan["wait"] == [high["id"]]
+    with pytest.raises(ConflictError, match="is pending, not running"):
+        lifecycle.suspended(low["id"], True, lab_db)
+    lifecycle.mark_running(low["id"], url=lab_db, lease_token=token)
