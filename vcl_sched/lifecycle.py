@@ -165,7 +165,8 @@ def lease(instance_id: Any, url: str | None = None) -> dict[str, Any]:
         now = config.now()
         spec = _launch_spec(inst, slave, image, owner)
         if inst.state != InstanceState.PENDING:
-            return {"lease": None, "refused": f"instance {iid} is {inst.state}: nothing to launch", "instance": spec}
+            return {"lease": None, "refused": f"instance {iid} is {inst.state}: nothing to launch", "instance": spec,
+                    "changed": False}
         if inst.ends_at is not None and inst.ends_at <= now:
             _give_back(session, inst)
             inst.state = InstanceState.STOPPED
@@ -173,18 +174,18 @@ def lease(instance_id: Any, url: str | None = None) -> dict[str, Any]:
             inst.updated_at = now
             audit(session, "instance", inst.id, "expired", {"state": "pending"},
                   {"state": "stopped", "ends_at": iso(inst.ends_at)})
-            return {"lease": None, "instance": _launch_spec(inst, None, image, owner),
+            return {"lease": None, "instance": _launch_spec(inst, None, image, owner), "changed": True,
                     "refused": f"instance {iid}: its window ended at {iso(inst.ends_at)}: never launched"}
         if _leased(inst, now):
             assert inst.lease_until is not None
-            return {"lease": None, "instance": spec,
+            return {"lease": None, "instance": spec, "changed": False,
                     "refused": f"instance {iid} is being launched by another run until {inst.lease_until:%H:%M}"}
         token = secrets.token_hex(16)
         inst.lease_owner = token
         inst.lease_until = now + timedelta(minutes=_lease_minutes(session))
         inst.updated_at = now
         audit(session, "instance", inst.id, "lease", None, {"until": iso(inst.lease_until)})
-        return {"lease": token, "refused": "", "instance": spec}
+        return {"lease": token, "refused": "", "instance": spec, "changed": True}
 
     return db.write(apply, url)
 
@@ -674,7 +675,7 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
 
     def apply(session: Session) -> dict[str, Any]:
         result: dict[str, Any] = {"lost": [], "down": [], "up": [], "orphans": [], "capacity": [], "ok": [],
-                                  "unnet": [], "requeued": [], "leases_expired": []}
+                                  "unnet": [], "requeued": [], "leases_expired": [], "unclaimed": []}
         now = config.now()
         lookahead = db.load_settings(session).booking.lookahead_max_hours
         # Launches whose launcher died: the claim goes back (quarantined: the master may carry its entries).
@@ -708,6 +709,7 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
                             inst.updated_at = now
                             audit(session, "instance", inst.id, "unclaim", None,
                                   {"reason": f"slave {slave.name} does not answer"})
+                            result["unclaimed"].append(inst.id)
                         continue
                     _lose(session, inst, f"slave {slave.name} does not answer", now, lookahead, result)
                 continue

@@ -229,6 +229,10 @@ class Progress:
             self.write(f"  unreachable: {host}: {message}")
         elif kind == "playbook_on_stats":
             self.artifact_data = dict(data.get("artifact_data") or {})
+            # An unreachable host whose task said ignore_unreachable is counted ok/ignored, not dark: it is
+            # not a failure of the run (stop.yml goes on past a dead slave).
+            dark = data.get("dark") or {}
+            self.failures = [f for f in self.failures if not f.unreachable or dark.get(f.host)]
         return True
 
 

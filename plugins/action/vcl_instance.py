@@ -48,7 +48,7 @@ class ActionModule(VclControllerAction):
         token = args["lease"] or None
         if action == "lease":
             taken = lifecycle.lease(iid, url)
-            return {"changed": taken["lease"] is not None or taken["instance"]["state"] != "pending", **taken}
+            return {**taken, "changed": taken.pop("changed")}
         if action == "place":
             row = lifecycle.place(iid, args["exclude"], url, lease_token=token)
             return {"changed": row["placed"] == "claimed", "instance": row}
@@ -76,6 +76,7 @@ class ActionModule(VclControllerAction):
             return {"changed": False, "plan": lifecycle.dispatch_plan(url=url)}
         else:  # reconcile
             reconciled = lifecycle.reconcile(args["observed"], url)
-            changed = any(reconciled[k] for k in ("lost", "down", "up", "capacity", "requeued", "leases_expired"))
+            changed = any(reconciled[k] for k in ("lost", "down", "up", "capacity", "requeued", "leases_expired",
+                                                       "unclaimed"))
             return {"changed": changed, "reconciled": reconciled}
         return {"changed": row.pop("changed"), "instance": row}

@@ -121,8 +121,8 @@ reconciled:
   description: >-
     With C(reconcile): C(lost) instances, slaves marked C(down) or C(up), C(ok), C(capacity) changes, C(orphans)
     (C({slave, domain}) to remove from that slave), C(unnet) (instances whose entries the master may still carry:
-    take them off the master's network, then C(net_gone)), C(requeued) (C({lost, id, kind})) and
-    C(leases_expired).
+    take them off the master's network, then C(net_gone)), C(requeued) (C({lost, id, kind})), C(leases_expired)
+    and C(unclaimed) (claims on a slave that does not answer given back; the instance waits, pending).
   returned: with reconcile
   type: dict
 """

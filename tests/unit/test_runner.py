@@ -137,6 +137,13 @@ def test_unreachable_host_is_a_failure_with_the_ssh_message(project, elsewhere):
     assert any(line.startswith("  unreachable: closed-port: ") for line in lines), lines
 
 
+def test_an_ignored_unreachable_host_is_not_a_failure_of_the_run(project, elsewhere):
+    lines: list[str] = []
+    result = runner.run("unreachable_ignored", project=project, progress=lines.append)
+    assert result.ok and result.failures == [], result.failures
+    assert any(line.startswith("  unreachable: ") for line in lines), lines  # still shown as it happens
+
+
 def test_the_collections_roles_modules_and_module_utils_are_used(project, elsewhere):
     result = runner.run("paths", project=project, progress=lambda _: None)
     assert result.ok, result.failures

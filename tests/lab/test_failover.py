@@ -1,0 +1,327 @@
+"""A slave killed at a random moment inside a running launch, on the simulated lab, and one launch per instance.
+
+The launch runs as the `vcl` command runs it (launch.yml through vcl_sched.runner, ansible-runner), in the
+background; after a delay drawn with a printed seed from a launch's measured duration, the slave the launch
+uses is killed for real (its systemd-nspawn machine and every process of it get SIGKILL, its veth vanishes).
+Afterwards the VM runs on the other slave (the client reaches it through the master's DNAT), or it is cleanly
+back in the queue. Reconcile marks the dead slave down (anything lost goes back to the queue), the slave boots
+again, reconcile runs again, and then nothing is left anywhere that the database does not account for: no
+domain, overlay or serial log on a slave, no DHCP host entry, DNAT chain or public alias on the master, no core
+claim or address pair in the database. A third reconcile changes nothing.
+
+Replay one moment with VCL_FAILOVER_SEED=N (the seed is printed; the delay is that seed's fraction of the
+measured launch). The lab is the session's (tests/lab/conftest.py); the lab database is a file of this module.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import or_, select
+
+from vcl_lab import machines
+from vcl_lab.playbook import Recap, run_playbook
+from vcl_lab.testing import REPO, Lab, lab_up
+from vcl_sched import db, lifecycle, runner, service
+from vcl_sched.models import AddressPair, Instance, InstanceState, Slave
+
+pytestmark = pytest.mark.lab
+
+GROUP = "fo"
+INSTANCE_DIR = "/var/lib/vcl/instances"  # the kvm role's kvm__instance_dir
+SEEDS = [int(seed) for seed in os.environ.get("VCL_FAILOVER_SEED", "11,2").split(",")]
+LAUNCH_TIMEOUT = 600.0
+
+
+def play(lab: Lab, db_url: str, name: str, *extra: str) -> Recap:
+    env = {"VCL_DB_URL": db_url, "HOME": os.environ.get("HOME", "/root")}
+    path = REPO / "site.yml" if name == "site" else REPO / "playbooks" / f"{name}.yml"
+    return run_playbook(lab.inventory, path, *extra, cwd=REPO, env=env)
+
+
+def must(recap: Recap, what: str) -> Recap:
+    assert recap.ok, f"{what} failed:\n{recap.summary()}\n{recap.stdout[-7000:]}\n{recap.stderr[-2000:]}"
+    return recap
+
+
+def through_runner(lab: Lab, db_url: str, name: str, extravars: dict | None = None) -> runner.RunResult:
+    """vcl.lab.NAME through vcl_sched.runner (ansible-runner), as the `vcl` command submits it."""
+    return runner.run(name, extravars or {}, inventory=lab.inventory, progress=lambda _line: None,
+                      envvars={"VCL_DB_URL": db_url})  # fmt: skip
+
+
+def reconcile(lab: Lab, db_url: str, what: str) -> runner.RunResult:
+    result = through_runner(lab, db_url, "reconcile")
+    assert result.ok and result.vcl_result is not None, f"reconcile.yml ({what}) failed: {result.to_json()}"
+    print(f"reconcile ({what}):", {k: v for k, v in result.vcl_result.items() if v and k != "ok"})
+    return result
+
+
+class Launch(threading.Thread):
+    """launch.yml -e id=N through the runner (ansible-runner), in the background."""
+
+    def __init__(self, lab: Lab, db_url: str, vid: int) -> None:
+        super().__init__(daemon=True)
+        self.lab, self.db_url, self.vid = lab, db_url, vid
+        self.result: runner.RunResult | None = None
+        self.lines: list[str] = []
+        self.started = 0.0
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        self.started = time.monotonic()
+        self.result = runner.run("launch", {"id": self.vid}, inventory=self.lab.inventory, progress=self.progress,
+                                 envvars={"VCL_DB_URL": self.db_url})  # fmt: skip
+        self.seconds = time.monotonic() - self.started
+
+    def progress(self, line: str) -> None:
+        self.lines.append(f"{time.monotonic() - self.started:6.2f} {line}")
+
+    def task_now(self) -> str:
+        """The task the launch runs at this moment."""
+        return next((line for line in reversed(self.lines) if line.split(None, 1)[1].startswith("TASK [")), "-")
+
+    def finish(self) -> runner.RunResult:
+        self.join(LAUNCH_TIMEOUT)
+        assert not self.is_alive(), f"launch.yml of {self.vid} still runs after {LAUNCH_TIMEOUT:.0f} s:\n{self.log()}"
+        assert self.result is not None
+        return self.result
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+
+def request(lab: Lab, db_url: str) -> dict:
+    """A best-effort request, accepted and placed, not launched yet (reserve.yml with reserve_no_launch)."""
+    must(play(lab, db_url, "reserve", "-e", f"owner={GROUP}", "-e", "cores=1", "-e", "ram_mb=128", "-e", "hours=1",
+              "-e", "image=vcl-guest", "-e", "reserve_no_launch=true"), "reserve.yml")  # fmt: skip
+    vm = max(service.list_instances(db_url, include_all=True), key=lambda r: r["id"])
+    assert vm["state"] == "pending", vm
+    return vm
+
+
+def marker(lab: Lab, public_ip: str, timeout: float = 120) -> str:
+    """The guest's marker, read by the client through the master's DNAT (as tests/lab/test_lifecycle.py)."""
+    probe = ("import socket,sys\ns=socket.create_connection((sys.argv[1],80),3)\ns.settimeout(3)\n"
+             "print(s.recv(200).decode().strip())")
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        out = lab.ssh("client", "python3", "-c", probe, public_ip, timeout=20)
+        if out.returncode == 0 and out.stdout.startswith("vcl-guest ready"):
+            return out.stdout.strip()
+        last = out.stderr.strip()[-200:]
+        time.sleep(1)
+    raise AssertionError(f"no marker from {public_ip} within {timeout:.0f} s (last: {last})")
+
+
+def reaches(lab: Lab, vm: dict) -> None:
+    assert marker(lab, vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
+
+
+def kill(lab: Lab, host: str) -> None:
+    """A hard kill of the machine: SIGKILL to its systemd-nspawn and every process of its cgroups."""
+    state = lab.state()
+    machines.finish_stop(state, state.machines[host], grace=0)
+
+
+def unaccounted(lab: Lab, db_url: str) -> list[str]:
+    """Everything on the hosts and in the database that the database does not account for, and everything
+    the database accounts for that the hosts lack; read with the hosts' own tools."""
+    problems: list[str] = []
+    with db.read(db_url) as s:
+        slaves = {sl.name: sl for sl in s.scalars(select(Slave)).all()}
+        names = {sl.id: sl.name for sl in slaves.values()}
+        insts = s.scalars(select(Instance)).all()
+        # Where the database places a domain: running and suspended VMs, and pending ones with a claim.
+        placed = {(names[i.slave_id], f"vcl-{i.id}") for i in insts if i.slave_id is not None
+                  and i.state in (InstanceState.RUNNING, InstanceState.SUSPENDED)}  # fmt: skip
+        on_net = {i.id: i for i in insts if i.state in (InstanceState.RUNNING, InstanceState.SUSPENDED)}
+        for i in insts:
+            if i.state == InstanceState.PENDING and (i.slave_id is not None or i.mac) and i.lease_owner is None:
+                problems.append(f"db: pending instance {i.id} holds a claim ({i.slave_id}, {i.mac}) outside a launch")
+            if i.lease_owner is not None:
+                problems.append(f"db: instance {i.id} is leased ({i.lease_until}) with no launch running")
+        for sl in slaves.values():
+            cores = sum(i.cores for i in insts if i.slave_id == sl.id
+                        and (i.state == InstanceState.RUNNING or (i.state == InstanceState.PENDING and i.mac)))
+            if sl.cores_used != cores:
+                problems.append(f"db: {sl.name} counts {sl.cores_used} cores used, its instances hold {cores}")
+        pairs = s.scalars(select(AddressPair).where(or_(AddressPair.instance_id.is_not(None),
+                                                        AddressPair.stale_instance.is_not(None)))).all()
+        holders = {i.id for i in insts if i.state in (InstanceState.RUNNING, InstanceState.SUSPENDED)
+                   or (i.state == InstanceState.PENDING and i.mac)}
+        for pair in pairs:
+            if pair.stale_instance is not None:
+                problems.append(f"db: address pair {pair.public_ip} quarantined for instance {pair.stale_instance}")
+            if pair.instance_id is not None and pair.instance_id not in holders:
+                problems.append(f"db: address pair {pair.public_ip} held by instance {pair.instance_id}, which ended")
+
+    for name in slaves:
+        listing = lab.ssh(name, "virsh", "list", "--all", "--name")
+        assert listing.returncode == 0, f"{name}: {listing.stderr}"
+        domains = {d for d in listing.stdout.split() if d.startswith("vcl-")}
+        files = lab.ssh(name, "find", INSTANCE_DIR, "-maxdepth", "1", "-name", "vcl-*").stdout.split()
+        for d in sorted(domains):
+            if (name, d) not in placed:
+                problems.append(f"{name}: domain {d}, which the database does not place there")
+        for path in sorted(files):
+            stem = Path(path).name.rsplit(".", 1)[0]
+            if (name, stem) not in placed:
+                problems.append(f"{name}: file {path}, of no VM the database places there")
+        for slave, d in sorted(placed):
+            if slave == name and d not in domains:
+                problems.append(f"{name}: the database places {d} there, libvirt has no such domain")
+
+    conf = lab.ssh("master", "cat", "/etc/dhcp/dhcpd.vcl-vms.conf").stdout
+    hosts = {int(m.group(1)): m.group(0) for m in re.finditer(r"host vm-(\d+) \{[^}]*\}", conf)}
+    nat = lab.ssh("master", "iptables", "-t", "nat", "-S").stdout
+    chains = {int(c) for c in re.findall(r"^-N VCL-VM-(\d+)$", nat, re.MULTILINE)}
+    jumps = {int(c) for c in re.findall(r"-j VCL-VM-(\d+)", nat)}
+    addrs = lab.ssh("master", "ip", "-4", "-o", "address", "show").stdout
+    aliases = set(re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/32", addrs))
+    alias_files = lab.ssh("master", "find", "/etc/network/interfaces.d", "-name", "vcl-vm-*").stdout.split()
+    for vid, entry in sorted(hosts.items()):
+        if vid not in on_net:
+            problems.append(f"master: DHCP host vm-{vid}, of no running or suspended VM")
+        elif on_net[vid].mac not in entry or on_net[vid].private_ip not in entry:
+            problems.append(f"master: DHCP host vm-{vid} is not {on_net[vid].mac} {on_net[vid].private_ip}")
+    for vid in sorted(chains | jumps):
+        if vid not in on_net:
+            problems.append(f"master: DNAT chain VCL-VM-{vid}, of no running or suspended VM")
+    for path in alias_files:
+        vid = int(path.rsplit("-", 1)[1])
+        if vid not in on_net:
+            problems.append(f"master: alias file {path}, of no running or suspended VM")
+    for ip in sorted(aliases - {i.public_ip for i in on_net.values()}):
+        problems.append(f"master: public alias {ip}/32, of no running or suspended VM")
+    for vid, inst in sorted(on_net.items()):
+        if vid not in hosts or vid not in chains or inst.public_ip not in aliases:
+            problems.append(f"master: VM {vid} lacks its DHCP host, DNAT chain or alias")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def failover_db(lab, tmp_path_factory):
+    """The session lab bootstrapped by site.yml with this module's database, the test guest registered."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('failover') / 'vcl.sqlite'}"
+    must(play(lab, url, "site"), "site.yml")
+    service.add_group(GROUP, url=url)
+    yield url
+    lab_up(lab.name)  # a machine a failed test left dead boots again
+    left = [str(i["id"]) for i in service.list_instances(url)]
+    if left:
+        play(lab, url, "stop", "-e", f"ids={','.join(left)}")
+    play(lab, url, "reconcile")
+
+
+@pytest.fixture(scope="module")
+def launch_seconds(lab, failover_db) -> float:
+    """How long one launch takes here (launch.yml through the runner, from start to end), measured on the
+    second of two launches: the first also copies the image into the slave's cache."""
+    for _ in range(2):
+        vm = request(lab, failover_db)
+        launch = Launch(lab, failover_db, vm["id"])
+        launch.start()
+        result = launch.finish()
+        assert result.ok and result.vcl_result["state"] == "running", launch.log()
+        reaches(lab, lifecycle.describe(vm["id"], failover_db))
+        must(play(lab, failover_db, "stop", "-e", f"id={vm['id']}"), "stop.yml")
+    print(f"a launch took {launch.seconds:.1f} s:", *(line for line in launch.lines if "TASK [" in line), sep="\n  ")
+    return launch.seconds
+
+
+def test_two_launches_of_one_instance_at_once_launch_it_once(lab, failover_db):
+    vm = request(lab, failover_db)
+    runs = [Launch(lab, failover_db, vm["id"]) for _ in range(2)]
+    for run in runs:
+        run.start()
+    results = [run.finish() for run in runs]
+    launched = [r for r in results if r.vcl_result and r.vcl_result["state"] == "running"]
+    refused = [r for r in results if r.vcl_result and r.vcl_result.get("refused")]
+    assert len(launched) == 1 and len(refused) == 1, [r.to_json() for r in results]
+    assert launched[0].ok, runs[0].log() + "\n----\n" + runs[1].log()
+    # The refused run says why, and its playbook fails with that reason (it launched nothing).
+    why = refused[0].vcl_result["reason"]
+    assert f"instance {vm['id']} is being launched by another run until " in why, why
+    assert not refused[0].ok and any(why in f.message for f in refused[0].failures), refused[0].to_json()
+
+    claims = [a for a in service.audit_log(failover_db, 500) if a["object"] == f"instance/{vm['id']}"
+              and a["action"] in ("claim", "running")]  # fmt: skip
+    assert sorted(a["action"] for a in claims) == ["claim", "running"], claims
+    running = lifecycle.describe(vm["id"], failover_db)
+    reaches(lab, running)
+    must(play(lab, failover_db, "stop", "-e", f"id={vm['id']}"), "stop.yml")
+    assert unaccounted(lab, failover_db) == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_slave_killed_inside_a_launch_leaves_nothing_unaccounted(lab, failover_db, launch_seconds, seed):
+    slaves = lab.of_role("slave")
+    vm = request(lab, failover_db)
+    vid = vm["id"]
+    delay = random.Random(seed).uniform(0.0, launch_seconds)
+    print(f"seed {seed}: kill after {delay:.2f} s of a {launch_seconds:.1f} s launch (VCL_FAILOVER_SEED={seed})")
+
+    launch = Launch(lab, failover_db, vid)
+    launch.start()
+    time.sleep(delay)
+    dead = lifecycle.describe(vid, failover_db)["slave"] or vm["slave"]  # the slave it is claimed on now
+    assert dead in slaves, (vm, dead)
+    during = launch.task_now()
+    kill(lab, dead)
+    killed_at = time.monotonic()
+    print(f"seed {seed}: killed {dead} during {during}")
+    try:
+        result = launch.finish()
+        print(f"seed {seed}: the launch ended {result.status} after {launch.seconds:.1f} s:", result.vcl_result)
+        after = lifecycle.describe(vid, failover_db)
+        if after["state"] == "running" and after["slave"] != dead:
+            outcome = "elsewhere"  # the failed attempt was undone, the next slave runs it
+            assert result.ok and result.vcl_result["slave"] == after["slave"], launch.log()
+            reaches(lab, after)
+        elif after["state"] == "running":
+            outcome = "on the dead slave"  # it was up before the kill: reconcile finds it lost
+            assert result.ok, launch.log()
+        else:
+            outcome = "back in the queue"
+            assert after["state"] == "pending" and not after["slave"] and not after["mac"], (after, launch.log())
+        print(f"seed {seed}: outcome: {outcome} ({time.monotonic() - killed_at:.1f} s after the kill)")
+
+        # The dead slave is down; whatever it ran is lost, off the master's network, back in the queue.
+        first = reconcile(lab, failover_db, "slave dead").vcl_result
+        status = {s["name"]: s["status"] for s in service.list_slaves(failover_db)}
+        assert status[dead] == "down" and first["down"] == [dead], (status, first)
+        if outcome == "on the dead slave":
+            assert lifecycle.describe(vid, failover_db)["state"] == "lost"
+            assert first["lost"] == [vid] and vid in first["unnet"], first
+            assert [r["lost"] for r in first["requeued"]] == [vid], first
+    finally:
+        lab_up(lab.name)  # the machine boots again from its own disk
+
+    # What a launch killed between creating the overlay and defining the domain leaves: files with no domain.
+    if f"vcl-{vid}" not in lab.ssh(dead, "virsh", "list", "--all", "--name").stdout.split():
+        left = [f"{INSTANCE_DIR}/vcl-{vid}.qcow2", f"{INSTANCE_DIR}/vcl-{vid}.log"]
+        assert lab.ssh(dead, "touch", *left).returncode == 0
+    back = reconcile(lab, failover_db, "slave back").vcl_result
+    assert {"slave": dead, "domain": f"vcl-{vid}"} in back["orphans"], back
+    assert back["up"] == [dead] and {s["name"]: s["status"] for s in service.list_slaves(failover_db)}[dead] == "up"
+    assert all(o["slave"] == dead for o in back["orphans"]), back
+    # Whatever waits in the queue (this VM, or its request put back) is launched by the next dispatch.
+    must(play(lab, failover_db, "dispatch"), "dispatch.yml")
+    live = service.list_instances(failover_db)
+    assert len(live) == 1 and live[0]["state"] == "running", live
+    reaches(lab, live[0])
+    again = play(lab, failover_db, "reconcile")
+    assert again.ok and again.changed == 0, f"a clean reconcile changed something:\n{again.stdout[-5000:]}"
+    assert unaccounted(lab, failover_db) == []
+
+    must(play(lab, failover_db, "stop", "-e", f"id={live[0]['id']}"), "stop.yml")
+    assert service.list_instances(failover_db) == []
+    assert unaccounted(lab, failover_db) == []
+
