@@ -76,7 +76,7 @@ class ActionModule(VclControllerAction):
             return {"changed": False, "plan": lifecycle.dispatch_plan(url=url)}
         else:  # reconcile
             reconciled = lifecycle.reconcile(args["observed"], url)
-            changed = any(reconciled[k] for k in ("lost", "down", "up", "capacity", "requeued", "leases_expired",
-                                                       "unclaimed"))
+            keys = ("lost", "down", "up", "capacity", "requeued", "leases_expired", "unclaimed")
+            changed = any(reconciled[k] for k in keys)
             return {"changed": changed, "reconciled": reconciled}
         return {"changed": row.pop("changed"), "instance": row}
