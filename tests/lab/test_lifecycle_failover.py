@@ -1,5 +1,7 @@
 """A slave killed at a random moment inside a running launch, on the simulated lab, and one launch per instance.
 
+Named to run after test_lab.py: it bootstraps the lab with site.yml (slaves bridged), as test_lifecycle does.
+
 The launch runs as the `vcl` command runs it (launch.yml through vcl_sched.runner, ansible-runner), in the
 background; after a delay drawn with a printed seed from a launch's measured duration, the slave the launch
 uses is killed for real (its systemd-nspawn machine and every process of it get SIGKILL, its veth vanishes).
