@@ -39,6 +39,7 @@ from .claims import (
     release_addresses,
     release_slave,
     set_suspended,
+    slave_state,
     slave_states,
 )
 from .claims import net_gone as claims_net_gone
@@ -245,6 +246,10 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         lookahead = settings.booking.lookahead_max_hours
         view = promises.view(session, now, lookahead)
         running = view.running()
+        if inst.kind == InstanceKind.AR and _reclaim_for_seat(session, view, inst, demand, now):
+            states = [s for s in slave_states(session) if s.name not in excluded]
+            view = promises.view(session, now, lookahead)
+            running = view.running()
         if inst.kind == InstanceKind.AR:
             decision = promises.choose_seat_slave(view, states, demand, inst.reservation_id, inst.seat, running,
                                                   settings.placement_policy)
@@ -277,6 +282,36 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         return {**spec, "placed": "claimed", "hours": decision.hours if inst.kind == InstanceKind.BE else None}
 
     return db.write(apply, url)
+
+
+def _reclaim_for_seat(session: Session, view: promises.View, seat: Instance, demand: placement.Demand,
+                      now: datetime) -> bool:
+    """A seat's slave lacks room while best-effort requests hold claims there that no launch holds: give those
+    claims back (lowest priority first, then the youngest) until the seat fits; they wait, pending, and their end
+    is fixed again when they launch. Returns whether any claim was given back."""
+    target = view.seat_slave(seat.reservation_id, seat.seat)
+    if target is None:
+        return False
+    state = slave_state(session, target)
+    cores, ram = state.free_cores, state.free_ram_mb
+    if cores >= demand.cores and ram >= demand.ram_mb:
+        return False
+    claims_there = session.scalars(select(Instance).where(
+        Instance.slave_id == target, Instance.state == InstanceState.PENDING, Instance.kind == InstanceKind.BE)).all()
+    reclaimed = False
+    for other in sorted((i for i in claims_there if i.mac and not _leased(i, now)),
+                        key=lambda i: (round(i.priority, 9), i.register_as_slave, -(i.requeued_from or i.id))):
+        if cores >= demand.cores and ram >= demand.ram_mb:
+            break
+        _give_back(session, other)
+        cores, ram = cores + other.cores, ram + other.ram_mb
+        other.ends_at = None
+        other.lease_owner = other.lease_until = None
+        other.updated_at = now
+        audit(session, "instance", other.id, "unclaim", None, {"reason": f"seat of reservation {seat.reservation_id}"})
+        reclaimed = True
+    session.flush()
+    return reclaimed
 
 
 def unplace(instance_id: Any, reason: str = "", url: str | None = None, lease_token: str | None = None,
@@ -520,6 +555,15 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
 
         view = promises.view(session, at, lookahead, skip=frozenset(plan["stop"]))
         running = view.running()
+        # A best-effort claim nobody launches yet (no live lease) is a decision, not a VM: it is taken again below,
+        # after the seats, so a seat's start is never blocked by a request that has not started (a seat's place()
+        # gives such claims back on its slave).
+        reclaim = {i.id for i in alive if i.state == InstanceState.PENDING and i.kind == InstanceKind.BE
+                   and i.slave_id is not None and i.mac and not _leased(i, at)}
+        for inst in alive:
+            if inst.id in reclaim:
+                freed(inst.slave_id, inst.cores, inst.ram_mb, inst.disk_gb)
+                view.ledger.remove(("vm", inst.id, str(inst.kind), inst.priority))
         victims: set[int] = set()
         first_waiting: tuple | None = None
         for inst in sorted((i for i in alive if i.state == InstanceState.PENDING), key=_queue_key):
@@ -528,7 +572,7 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
                 plan["notes"].append(f"#{inst.id} is being launched by another run until {inst.lease_until:%H:%M}")
                 continue
             claimed = states.get(inst.slave_id) if inst.slave_id is not None and inst.mac else None
-            if claimed is not None and claimed.status == "up":
+            if claimed is not None and claimed.status == "up" and inst.id not in reclaim:
                 plan["launch"].append(inst.id)  # claimed when it was accepted: launched as it is
                 continue
             demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)

@@ -251,12 +251,15 @@ class LabModel(RuleBasedStateMachine):
         if day or start.hour >= 17 or start.date() != today.date():
             start = today + timedelta(days=1, hours=9 + offset)
         hours = min(hours, 17 - start.hour)
+        pool = sum(h.cores_total for h in self._snap().slaves)
         out = service.reserve(owner="cs", seats=seats, cores=cores, ram_mb=ram, start=start, hours=hours,
                               platform_value=pv, register_as_slave=ras, member=mon, url=self.url)
         assert out["state"] in ("accepted", "refused"), out
         STEPS[self.backend][f"reserve.{out['state']}"] += 1
         if out["state"] == "refused":
             assert out["reason"], out
+        elif seats * cores > pool:
+            raise AssertionError(f"accepted a block of {seats} x {cores} cores, more than the pool's {pool}: {out}")
         else:
             s, e = datetime.fromisoformat(out["start"]), datetime.fromisoformat(out["end"])
             assert s >= start and s.date() == e.date() and s.hour >= 9 and e <= s.replace(hour=17, minute=0), out
@@ -572,3 +575,52 @@ def test_model(db_url, capsys):
         with capsys.disabled():
             print(f"\nmodel test on {backend}: {counts['rules']} steps in {counts['examples']} examples,"
                   f" {counts['seconds']} s ({STEPS_FILE})")
+
+
+# --- sequences the model found, kept as plain tests (findings M1-M3 of issue 11) ----------------------------
+
+BE = {"owner": "cs", "register_as_slave": 0, "member": 0}
+
+
+def _one_slave_lab(url: str, cores: int) -> None:
+    clock(FIRST)
+    service.configure({"private_pool": "10.77.1.16-10.77.1.40", "public_pool": "10.77.0.16-10.77.0.40",
+                       "booking.lead_days": "0"}, url)
+    service.add_group("cs", url=url)
+    service.add_slave("s1", "10.77.0.1", cores, cores * 2048, 100, url=url)
+
+
+def test_released_request_keeps_no_address(db_url):
+    """M1: a claimed request released before its launch keeps no MAC or address on its row."""
+    _one_slave_lab(db_url, 4)
+    r = service.request(cores=1, ram_mb=512, hours=1, platform_value=0, **BE, url=db_url)
+    claims.release(r["id"], url=db_url)
+    assert ended_hold_nothing(snapshot(db_url, FIRST)) == []
+
+
+def test_a_launch_in_progress_is_nobodys_victim(db_url):
+    """M2: a claimed request whose launch holds the lease is not suspended for a higher-priority request."""
+    _one_slave_lab(db_url, 4)
+    a = service.request(cores=4, ram_mb=512, hours=2, platform_value=0, **BE, url=db_url)
+    token = lifecycle.lease(a["id"], db_url)["lease"]
+    service.request(cores=4, ram_mb=512, hours=2, platform_value=10, owner="cs", register_as_slave=1, member=1,
+                    url=db_url)
+    done = simulate.run_dispatch(url=db_url)
+    assert a["id"] not in done["suspended"]
+    assert lifecycle.mark_running(a["id"], url=db_url, lease_token=token)["state"] == "running"
+
+
+def test_a_seat_never_waits_behind_claimed_best_effort(db_url):
+    """M3: requests claimed at submission but not launched yet hold a seat's cores at its start: the seat still
+    starts (they give way), and no best-effort VM runs in its cores."""
+    _one_slave_lab(db_url, 5)
+    r = service.reserve(owner="cs", seats=1, cores=4, ram_mb=1024, start=FIRST + timedelta(hours=1), hours=1,
+                        platform_value=5, register_as_slave=0, member=0, url=db_url)
+    assert r["state"] == "accepted"
+    for pv in (0, 10):  # the second one's look-ahead counts on suspending the first (lower priority)
+        assert service.request(cores=1, ram_mb=512, hours=3, platform_value=pv, **BE, url=db_url)["decision"] == "place"
+    clock(FIRST + timedelta(hours=1))
+    simulate.run_dispatch(url=db_url)
+    snap = snapshot(db_url, FIRST + timedelta(hours=1))
+    assert seats_not_running(snap, set()) == []
+    assert seat_waits_behind_best_effort(snap) == []
