@@ -122,18 +122,22 @@ class PriorityInputs:
             object.__setattr__(self, name, value)
 
 
-def check_platform_value_max(value: Any) -> float:
-    """The setting ``priority.platform_value_max``: a number > 0 and <= PLATFORM_VALUE_CEILING."""
+def _bounded_number(field: str, value: Any, ceiling: float) -> float:
+    """``value`` as a float > 0 and <= ``ceiling``; anything else raises ValidationError naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError("priority.platform_value_max", f"must be a number, got {shown(value)}")
+        raise ValidationError(field, f"must be a number, got {shown(value)}")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
-    if not (math.isfinite(number) and 0 < number <= PLATFORM_VALUE_CEILING):
-        raise ValidationError("priority.platform_value_max",
-                              f"must be a number > 0 and <= {num_text(PLATFORM_VALUE_CEILING)}, got {shown(value)}")
+    if not (math.isfinite(number) and 0 < number <= ceiling):
+        raise ValidationError(field, f"must be a number > 0 and <= {num_text(ceiling)}, got {shown(value)}")
     return number
+
+
+def check_platform_value_max(value: Any) -> float:
+    """The setting ``priority.platform_value_max``: a number > 0 and <= PLATFORM_VALUE_CEILING."""
+    return _bounded_number("priority.platform_value_max", value, PLATFORM_VALUE_CEILING)
 
 
 def parse_priority_inputs(
@@ -169,16 +173,7 @@ def platform_factor(p: PriorityInputs) -> float:
 def check_coefficient(coefficient: Any) -> float:
     """The coefficient must be a number in ``(0, COEFFICIENT_MAX]``: > 0, or a higher PF would no
     longer mean a higher Pi; bounded, so Pi stays finite (see the module's docstring)."""
-    if isinstance(coefficient, bool) or not isinstance(coefficient, int | float):
-        raise ValidationError("priority_coefficient", f"must be a number, got {shown(coefficient)}")
-    try:
-        number = float(coefficient)
-    except OverflowError:
-        number = math.inf
-    if not (math.isfinite(number) and 0 < number <= COEFFICIENT_MAX):
-        raise ValidationError("priority_coefficient",
-                              f"must be a number > 0 and <= {num_text(COEFFICIENT_MAX)}, got {shown(coefficient)}")
-    return number
+    return _bounded_number("priority_coefficient", coefficient, COEFFICIENT_MAX)
 
 
 def priority(p: PriorityInputs, coefficient: float = DEFAULT_COEFFICIENT) -> float:
