@@ -23,9 +23,10 @@ from typing import Any
 from .calendar import MAX_LOOKAHEAD_HOURS, BookingPolicy
 from .errors import ValidationError
 from .priority import COEFFICIENT_MAX, DEFAULT_COEFFICIENT, PLATFORM_VALUE_CEILING, PLATFORM_VALUE_MAX
-from .validate import bounded, num_text, shown, text_problem, whole
+from .validate import bounded, num_text, shown, text_problem, unicast_problem, whole
 
 DEFAULT_MAC_PREFIX = "52:54:00"  # the KVM/QEMU locally administered prefix
+DEFAULT_IMAGE_STORE = "/var/lib/vcl/images"
 
 
 def default_db_url() -> str:
@@ -122,6 +123,24 @@ def parse_pool(value: str, field_name: str) -> list[str]:
     return [str(ipaddress.IPv4Address(i)) for i in range(first, last + 1)]
 
 
+def check_image_store(value: Any) -> str:
+    """The image store: an absolute, normalised path of printable characters (no ``..``, not ``/``), at
+    most :data:`MAX_SETTING_TEXT` characters."""
+    if not isinstance(value, str):
+        raise ValidationError("image_store", f"{shown(value)} is not text")
+    problem = text_problem(value, MAX_SETTING_TEXT)
+    if problem:
+        raise ValidationError("image_store", problem)
+    if not value.isprintable():
+        raise ValidationError("image_store", f"{shown(value)} contains characters that are not printable")
+    if not value.startswith("/") or value == "/" or value.startswith("//"):
+        raise ValidationError("image_store", f"{shown(value)} must be an absolute directory other than /")
+    if ".." in value.split("/") or os.path.normpath(value) != value:
+        raise ValidationError("image_store", f"{shown(value)} must be a normalised path (no '..', '.', '//' or"
+                                             " trailing '/')")
+    return value
+
+
 def parse_mac_prefix(value: str) -> str:
     parts = str(value).strip().lower().split(":")
     if len(parts) != 3 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
@@ -195,6 +214,15 @@ class Settings:
     platform_value_max: float = PLATFORM_VALUE_MAX
     # How long a launch may hold an instance before a reconcile run takes it back.
     launch_lease_minutes: int = 30
+    # Where the images' files live on the master: every image path is inside it (issue 12, confined paths).
+    image_store: str = DEFAULT_IMAGE_STORE
+    # The lab's networks, from the inventory (site.yml): what pools and slave addresses are checked against.
+    # "" is unknown: the checks that need the value are skipped.
+    lab_subnet: str = ""  # the lab LAN, CIDR N/len (the inventory's lab_subnet)
+    vm_subnet: str = ""  # the VMs' private network, CIDR (lab_vm_subnet)
+    lab_gateway: str = ""  # the LAN's router, an IPv4 address in lab_subnet (lab_gateway)
+    vm_gateway: str = ""  # the VMs' gateway (the master's VM-side address), in vm_subnet (lab_vm_gateway)
+    master_address: str = ""  # the master's lab address, without prefix
     booking: BookingPolicy = field(default_factory=BookingPolicy)
 
     def to_json(self) -> dict[str, Any]:
@@ -318,11 +346,12 @@ def validate_settings(s: Settings) -> None:
         if not kind_ok:
             raise ValidationError(name, f"{shown(value)} must be a {bound.describe()}")
         bound.check(name, value)
-    for name in ("placement_policy", "mac_prefix", "private_pool", "public_pool"):
+    for name in ("placement_policy", "mac_prefix", "private_pool", "public_pool", *NETWORK_SETTINGS):
         value = getattr(s, name)
         problem = text_problem(value, MAX_SETTING_TEXT) if isinstance(value, str) else f"{shown(value)} is not text"
         if problem:
             raise ValidationError(name, problem)
+    check_image_store(s.image_store)
     if s.placement_policy not in POLICIES:
         raise ValidationError("placement_policy", f"{shown(s.placement_policy)}: choose one of {', '.join(POLICIES)}")
     parse_mac_prefix(s.mac_prefix)
@@ -331,3 +360,149 @@ def validate_settings(s: Settings) -> None:
     if private and public and private[0] <= public[1] and public[0] <= private[1]:
         first = ipaddress.IPv4Address(max(private[0], public[0]))
         raise ValidationError("public_pool", f"overlaps private_pool at {first}")
+    check_lab_network(s, private, public)
+
+
+# --- the lab's networks: one set of checks for `vcl config set`, the inventory pre-flight and slave addresses ---
+
+NETWORK_SETTINGS = ("lab_subnet", "vm_subnet", "lab_gateway", "vm_gateway", "master_address")
+Bounds = tuple[int, int]
+
+
+def parse_network(value: Any, field_name: str) -> ipaddress.IPv4Network:
+    """An IPv4 network 'N/len' (host bits clear), exactly: no spaces around it (it is written into configs)."""
+    text = str(value)
+    try:
+        if len(text) > 64:
+            raise ValueError("too long")
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError as err:
+        raise ValidationError(field_name, f"{shown(value)} is not an IPv4 network N/len ({err})") from None
+
+
+def parse_host_address(value: Any, field_name: str) -> ipaddress.IPv4Address:
+    """One unicast IPv4 host address (no prefix, no spaces around it)."""
+    text = str(value)
+    try:
+        if len(text) > 64:
+            raise ValueError(text)
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValidationError(field_name, f"{shown(value)} is not an IPv4 address") from None
+    problem = unicast_problem(address)
+    if problem:
+        raise ValidationError(field_name, problem)
+    return address
+
+
+def subnets_overlap_problem(lan: ipaddress.IPv4Network, vm: ipaddress.IPv4Network, lan_name: str) -> str:
+    """Why the VMs' network cannot sit next to the lab LAN, or ""."""
+    return f"{vm} overlaps {lan_name} {lan}" if lan.overlaps(vm) else ""
+
+
+def edge_address(address: ipaddress.IPv4Address, net: ipaddress.IPv4Network) -> bool:
+    """Whether ``address`` is ``net``'s network or broadcast address (which no host may have)."""
+    return net.prefixlen < 31 and address in (net.network_address, net.broadcast_address)
+
+
+def in_network_problem(address: ipaddress.IPv4Address, net: ipaddress.IPv4Network, where: str = "") -> str:
+    """Why ``address`` cannot be a host of ``net`` (outside it, or its network or broadcast address), or "".
+    ``where`` names the network in the message (``"lab_subnet "``)."""
+    if address not in net:
+        return f"{address} is outside {where}{net}"
+    if edge_address(address, net):
+        return f"{address} is the network or broadcast address of {where}{net}"
+    return ""
+
+
+def show_bounds(bounds: Bounds) -> str:
+    return f"{ipaddress.IPv4Address(bounds[0])}-{ipaddress.IPv4Address(bounds[1])}"
+
+
+def pool_inside(bounds: Bounds, net: ipaddress.IPv4Network) -> bool:
+    """Whether a pool lies within ``net``'s host addresses (never its network or broadcast address)."""
+    return int(net.network_address) < bounds[0] and bounds[1] < int(net.broadcast_address)
+
+
+def pool_outside_problem(bounds: Bounds, net: ipaddress.IPv4Network, net_name: str) -> str:
+    """Why a pool is not inside its network ``net_name``, or ""."""
+    return "" if pool_inside(bounds, net) else f"{show_bounds(bounds)} is not inside {net_name} {net}"
+
+
+def pools_overlap_problem(private: Bounds, public: Bounds, private_name: str) -> str:
+    if private[0] <= public[1] and public[0] <= private[1]:
+        return f"{show_bounds(public)} overlaps {private_name} {show_bounds(private)}"
+    return ""
+
+
+def pool_holds(bounds: Bounds, address: ipaddress.IPv4Address) -> bool:
+    return bounds[0] <= int(address) <= bounds[1]
+
+
+def _networks(s: Settings) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv4Network | None]:
+    lan = parse_network(s.lab_subnet, "lab_subnet") if s.lab_subnet else None
+    vm = parse_network(s.vm_subnet, "vm_subnet") if s.vm_subnet else None
+    return lan, vm
+
+
+def reserved_addresses(s: Settings) -> dict[ipaddress.IPv4Address, str]:
+    """The addresses the settings give to hosts (gateways, the master), by the setting that names them."""
+    return {parse_host_address(getattr(s, name), name): name
+            for name in ("lab_gateway", "vm_gateway", "master_address") if getattr(s, name)}
+
+
+def check_lab_network(s: Settings, private: Bounds | None, public: Bounds | None) -> None:
+    """The network settings against each other and the pools (the pre-flight's checks on the database's copy):
+    the subnets do not overlap, the gateways and the master are hosts of their subnets and distinct, each pool
+    lies inside its subnet and holds no gateway nor the master's address. Unknown ("") values are skipped."""
+    lan, vm = _networks(s)
+    if lan and vm and (problem := subnets_overlap_problem(lan, vm, "lab_subnet")):
+        raise ValidationError("vm_subnet", problem)
+    seen: dict[ipaddress.IPv4Address, str] = {}
+    for name, net, net_name in (("lab_gateway", lan, "lab_subnet "), ("vm_gateway", vm, "vm_subnet "),
+                                ("master_address", lan, "lab_subnet ")):
+        if not getattr(s, name):
+            continue
+        address = parse_host_address(getattr(s, name), name)
+        if net is not None and (problem := in_network_problem(address, net, net_name)):
+            raise ValidationError(name, problem)
+        if address in seen:
+            raise ValidationError(name, f"{address} is already {seen[address]}")
+        seen[address] = name
+    if private and vm and (problem := pool_outside_problem(private, vm, "vm_subnet")):
+        raise ValidationError("private_pool", problem)
+    if public and lan and (problem := pool_outside_problem(public, lan, "lab_subnet")):
+        raise ValidationError("public_pool", problem)
+    for name, bounds in (("private_pool", private), ("public_pool", public)):
+        for address, owner in seen.items():
+            if bounds and pool_holds(bounds, address):
+                raise ValidationError(name, f"{show_bounds(bounds)} contains {address} ({owner}): a VM would take"
+                                            " a host's address")
+
+
+def host_address_conflict(address: ipaddress.IPv4Address, s: Settings) -> tuple[str, str] | None:
+    """The setting a lab host (a slave) with ``address`` would break, and why; None when it fits: inside
+    lab_subnet (when known) and not its network or broadcast address, not in vm_subnet, not a gateway nor the
+    master's address, not in either pool (a VM could get it)."""
+    lan, vm = _networks(s)
+    if lan is not None and (problem := in_network_problem(address, lan, "lab_subnet ")):
+        return "lab_subnet", problem
+    if vm is not None and address in vm:
+        return "vm_subnet", f"{address} is inside vm_subnet {vm}, the VMs' network"
+    owner = reserved_addresses(s).get(address)
+    if owner:
+        return owner, f"{address} is the {owner} setting's address"
+    for name in ("private_pool", "public_pool"):
+        value = getattr(s, name)
+        if value and pool_holds(pool_bounds(value, name), address):
+            return name, f"{address} is in {name} {value.strip()}: a VM may get it"
+    return None
+
+
+def host_address_problem(address: ipaddress.IPv4Address, s: Settings) -> str:
+    """Why a slave cannot have ``address`` (a unicast IPv4 host that fits the settings ``s``), or ""."""
+    problem = unicast_problem(address)
+    if problem:
+        return problem
+    conflict = host_address_conflict(address, s)
+    return conflict[1] if conflict else ""

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import config, db, placement, promises
+from . import config, db, imagepath, placement, promises
 from .audit import audit
 from .claims import (
     HOLDS_CAPACITY,
@@ -91,6 +91,14 @@ def _launch_spec(inst: Instance, slave: Slave | None, image: Image | None, owner
         image_cmdline=image.cmdline if image else None,
     )
     return row
+
+
+def _checked_image(image: Image | None, store: str) -> str:
+    """The image store, once the image's files are checked again as the launch will use them (a row written
+    before the checks existed, or by hand, is refused here rather than copied to a slave)."""
+    if image is not None:
+        imagepath.image_files(store, image.disk_file, image.kernel, image.ramdisk, check_disk=False)
+    return store
 
 
 def _load(session: Session, iid: int) -> tuple[Instance, Slave | None, Image | None, str]:
@@ -236,11 +244,12 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
             raise ConflictError(f"id: instance {iid}'s window ended at {iso(inst.ends_at)}: it is never launched")
         if inst.lease_owner is not None:
             inst.lease_until = now + timedelta(minutes=_lease_minutes(session))
+        settings = db.load_settings(session)
+        store = _checked_image(image, settings.image_store)
         if slave is not None and slave.name not in excluded and slave.status == SlaveStatus.UP and inst.mac:
-            return {**_launch_spec(inst, slave, image, owner), "placed": "kept"}
+            return {**_launch_spec(inst, slave, image, owner), "placed": "kept", "image_store": store}
         if slave is not None or inst.mac:
             _give_back(session, inst)
-        settings = db.load_settings(session)
         demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)
         states = [s for s in slave_states(session) if s.name not in excluded]
         lookahead = settings.booking.lookahead_max_hours
@@ -279,7 +288,8 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         audit(session, "instance", inst.id, "claim", None,
               {k: spec[k] for k in ("slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip",
                                     "ends_at")})
-        return {**spec, "placed": "claimed", "hours": decision.hours if inst.kind == InstanceKind.BE else None}
+        return {**spec, "placed": "claimed", "hours": decision.hours if inst.kind == InstanceKind.BE else None,
+                "image_store": store}
 
     return db.write(apply, url)
 

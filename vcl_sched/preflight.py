@@ -2,6 +2,8 @@
 
 Pure functions over plain data: the `vcl_preflight` action plugin hands them the inventory's groups and
 variables, and fails the run with every problem found, each naming the host (or `inventory`) and the field.
+The address checks are vcl_sched.config's, which `vcl config set` runs on the database's copy of the lab's
+networks (lab_subnet, vm_subnet, the gateways, master_address).
 """
 
 from __future__ import annotations
@@ -33,17 +35,17 @@ def _network(value: Any, where: str, field: str, problems: list[Problem]) -> ipa
         problems.append(Problem(where, field, "is not set"))
         return None
     try:
-        return ipaddress.IPv4Network(str(value), strict=True)
-    except ValueError as err:
-        problems.append(Problem(where, field, f"{value!r} is not an IPv4 network N/len ({err})"))
+        return config.parse_network(value, field)
+    except ValidationError as err:
+        problems.append(Problem(where, field, err.message))
         return None
 
 
 def _address(value: Any, where: str, field: str, problems: list[Problem]) -> ipaddress.IPv4Address | None:
     try:
-        return ipaddress.IPv4Address(str(value).strip())
-    except ValueError:
-        problems.append(Problem(where, field, f"{value!r} is not an IPv4 address"))
+        return config.parse_host_address(value, field)
+    except ValidationError as err:
+        problems.append(Problem(where, field, err.message))
         return None
 
 
@@ -58,12 +60,9 @@ def _pool(value: Any, field: str, problems: list[Problem]) -> tuple[int, int] | 
         return None
 
 
-def _inside(bounds: tuple[int, int], net: ipaddress.IPv4Network) -> bool:
-    return int(net.network_address) < bounds[0] and bounds[1] < int(net.broadcast_address)
-
-
-def _show(bounds: tuple[int, int]) -> str:
-    return f"{ipaddress.IPv4Address(bounds[0])}-{ipaddress.IPv4Address(bounds[1])}"
+def _problem(problems: list[Problem], where: str, field: str, message: str) -> None:
+    if message:
+        problems.append(Problem(where, field, message))
 
 
 def check_inventory(
@@ -82,15 +81,15 @@ def check_inventory(
 
     lan = _network(lab.get("lab_subnet"), "inventory", "lab_subnet", problems)
     vm = _network(lab.get("lab_vm_subnet"), "inventory", "lab_vm_subnet", problems)
-    if lan and vm and lan.overlaps(vm):
-        problems.append(Problem("inventory", "lab_vm_subnet", f"{vm} overlaps lab_subnet {lan}"))
+    if lan and vm:
+        _problem(problems, "inventory", "lab_vm_subnet", config.subnets_overlap_problem(lan, vm, "lab_subnet"))
     reserved: dict[ipaddress.IPv4Address, str] = {}  # addresses no pool may hand out, and whose they are
     for field, net in (("lab_gateway", lan), ("lab_vm_gateway", vm)):
         if lab.get(field) in (None, ""):
             continue
         address = _address(lab[field], "inventory", field, problems)
-        if address is not None and net is not None and address not in net:
-            problems.append(Problem("inventory", field, f"{address} is outside {net}"))
+        if address is not None and net is not None:
+            _problem(problems, "inventory", field, config.in_network_problem(address, net))
         if address is not None:
             reserved[address] = f"inventory {field}"
 
@@ -109,7 +108,7 @@ def check_inventory(
         if lan is not None:
             if iface.ip not in lan or iface.network != lan:
                 problems.append(Problem(host, "lab_address", f"{value} is outside the lab subnet {lan}"))
-            elif iface.ip in (lan.network_address, lan.broadcast_address):
+            elif config.edge_address(iface.ip, lan):
                 problems.append(Problem(host, "lab_address", f"{iface.ip} is the network or broadcast address"))
         if iface.ip in reserved:
             problems.append(Problem(host, "lab_address", f"{iface.ip} is already used by {reserved[iface.ip]}"))
@@ -118,21 +117,21 @@ def check_inventory(
 
     private = _pool(lab.get("lab_private_pool"), "lab_private_pool", problems)
     public = _pool(lab.get("lab_public_pool"), "lab_public_pool", problems)
-    if private and vm and not _inside(private, vm):
-        problems.append(Problem("inventory", "lab_private_pool", f"{_show(private)} is not inside lab_vm_subnet {vm}"))
-    if public and lan and not _inside(public, lan):
-        problems.append(Problem("inventory", "lab_public_pool", f"{_show(public)} is not inside lab_subnet {lan}"))
-    if private and public and private[0] <= public[1] and public[0] <= private[1]:
-        problems.append(
-            Problem("inventory", "lab_public_pool", f"{_show(public)} overlaps lab_private_pool {_show(private)}")
+    if private and vm:
+        _problem(problems, "inventory", "lab_private_pool", config.pool_outside_problem(private, vm, "lab_vm_subnet"))
+    if public and lan:
+        _problem(problems, "inventory", "lab_public_pool", config.pool_outside_problem(public, lan, "lab_subnet"))
+    if private and public:
+        _problem(
+            problems, "inventory", "lab_public_pool", config.pools_overlap_problem(private, public, "lab_private_pool")
         )
     for field, bounds in (("lab_private_pool", private), ("lab_public_pool", public)):
         if bounds is None:
             continue
         for address, owner in reserved.items():
-            if bounds[0] <= int(address) <= bounds[1]:
+            if config.pool_holds(bounds, address):
                 where = owner.split(" ", 1)[1] if owner.startswith("host ") else "inventory"
-                problems.append(Problem(where, field, f"{_show(bounds)} contains {address} ({owner})"))
+                problems.append(Problem(where, field, f"{config.show_bounds(bounds)} contains {address} ({owner})"))
     try:
         config.parse_mac_prefix(lab.get("lab_mac_prefix", config.DEFAULT_MAC_PREFIX))
     except ValidationError as err:

@@ -10,12 +10,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from vcl_sched import config, db
 from vcl_sched.audit import audit
-from vcl_sched.catalogue import slave_row
-from vcl_sched.errors import ConflictError, NotFoundError, ValidationError
+from vcl_sched.catalogue import ADDRESS_SETTINGS, check_host_address, slave_row
+from vcl_sched.errors import ConflictError, NotFoundError, ValidationError, VclError
 from vcl_sched.models import Instance, InstanceState, Slave, SlaveStatus
 from vcl_sched.validate import check_name, slave_input
 
@@ -26,12 +27,14 @@ ON_SLAVE = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDE
 def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: Any, url: str | None = None) -> dict:
     """Add the slave, or refresh its address and capacity; used counts are never touched.
 
-    A registered slave is `up`: it answered the run that gathered its facts. Returns
+    A registered slave is `up`: it answered the run that gathered its facts. Its address must fit the lab's
+    networks and pools as the database knows them (``catalogue.check_host_address``). Returns
     ``{"changed": bool, "action": "create" | "update" | "none", "slave": row, "before": row | None}``."""
     name, address, capacity = slave_input(name, address, cores, ram_mb, disk_gb)
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        check_host_address(session, address)  # inside lab_subnet, not a gateway's, the master's or a pool's
         slave = session.scalar(select(Slave).where(Slave.name == name))
         holder = session.scalar(select(Slave.name).where(Slave.address == address, Slave.name != name))
         if holder is not None:
@@ -121,3 +124,15 @@ def remove_slave(name: Any, url: str | None = None) -> dict:
         return {"changed": True, "removed": name}
 
     return db.write(apply, url)
+
+
+def lab_network(url: str) -> dict[str, str]:
+    """The settings a slave's address is checked against (the lab's networks and pools), as plain text: what the
+    vcl_slaves inventory plugin (and its cache) keeps beside the slaves. Raises ``VclError`` naming the cause."""
+    try:
+        with db.read(url) as session:
+            settings = db.load_settings(session)
+    except DBAPIError as err:
+        reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+        raise VclError(f"cannot read the lab database's settings ({config.safe_url(url)}): {reason}") from None
+    return {key: getattr(settings, key) for key in ADDRESS_SETTINGS}

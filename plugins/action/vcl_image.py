@@ -14,9 +14,10 @@ ARGUMENT_SPEC = {
     "db_url": {"type": "str"},
     "name": {"type": "str", "required": True},
     "description": {"type": "str", "default": ""},
-    "disk": {"type": "path", "required": True},
-    "kernel": {"type": "path"},
-    "ramdisk": {"type": "path"},
+    # str, not path: a path option would expand ~ and $VARS on the controller before vcl_sched checks it.
+    "disk": {"type": "str", "required": True},
+    "kernel": {"type": "str"},
+    "ramdisk": {"type": "str"},
     "cmdline": {"type": "str"},
     "cores": {"type": "int", "default": 1},
     "ram_mb": {"type": "int", "default": 512},
@@ -30,10 +31,16 @@ class ActionModule(VclControllerAction):
 
     def work(self, args: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         from vcl_sched import service
+        from vcl_sched.errors import ValidationError
 
-        row, changed = service.ensure_image(
-            args["name"], args["disk"], description=args["description"], kernel=args["kernel"],
-            ramdisk=args["ramdisk"], cmdline=args["cmdline"], cores=args["cores"], ram_mb=args["ram_mb"],
-            disk_gb=args["disk_gb"], url=args["db_url"] or None,
-        )  # fmt: skip
+        try:
+            row, changed = service.ensure_image(
+                args["name"], args["disk"], description=args["description"], kernel=args["kernel"],
+                ramdisk=args["ramdisk"], cmdline=args["cmdline"], cores=args["cores"], ram_mb=args["ram_mb"],
+                disk_gb=args["disk_gb"], url=args["db_url"] or None,
+            )  # fmt: skip
+        except ValidationError as err:
+            if err.field != "disk_file":
+                raise
+            raise ValidationError("disk", err.message) from None  # the task's option is `disk`
         return {"changed": changed, "image": row}

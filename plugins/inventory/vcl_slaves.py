@@ -22,6 +22,11 @@ description:
     C(vcl_ram_mb_total), C(vcl_ram_mb_used), C(vcl_ram_mb_free), C(vcl_disk_gb_total),
     C(vcl_disk_gb_used), C(vcl_disk_gb_free).
   - Values from the database are data, never templates.
+  - A row that would break plays or the lab is left out, with a warning naming the slave and the field. That is
+    a name Ansible or this plugin already gives a meaning (C(localhost), C(all), a group), an address that is not
+    one unicast IPv4 host, or, checked against the database's settings (C(vcl config show)), an address outside
+    C(lab_subnet) or its network or broadcast address, inside C(vm_subnet), a gateway's or the master's address,
+    or inside an address pool.
   - The config file name must end with C(vcl_slaves.yml) or C(vcl_slaves.yaml).
   - Needs the C(vcl_sched) Python package in the Python that runs Ansible
     (C(pip install) the VCL checkout, with its C(postgresql) extra for PostgreSQL).
@@ -62,6 +67,7 @@ cache_connection: /var/cache/vcl/inventory
 cache_timeout: 300
 """
 
+import ipaddress
 import sys
 
 from ansible.errors import AnsibleError, AnsibleParserError
@@ -72,6 +78,7 @@ try:
     from vcl_sched import config as vcl_config
     from vcl_sched.errors import VclError
     from vcl_sched.inventory import REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, row_problem, status_group
+    from vcl_sched.registry import lab_network
 except ImportError as err:
     VCL_IMPORT_ERROR: ImportError | None = err
 else:
@@ -107,17 +114,21 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         # pointing db_url elsewhere never serves another database's slaves.
         cache_key = self.get_cache_key(f"{path}\0{url}")
         use_cache = self.get_option("cache")
-        slaves = None
+        stored = None
         if use_cache and cache:
-            slaves = self._cache.get(cache_key)  # None when expired or never stored
-        if slaves is None:
+            stored = self._cache.get(cache_key)  # None when expired or never stored
+        if not isinstance(stored, dict) or set(stored) != {"slaves", "network"}:  # never stored, or another form
             try:
-                slaves = fetch_slaves(url)
+                stored = {"slaves": fetch_slaves(url), "network": lab_network(url)}
             except VclError as err:
                 raise AnsibleParserError(f"{path}: {err}") from None
             if use_cache:
-                self._cache[cache_key] = slaves
-        self._populate(slaves)
+                self._cache[cache_key] = stored
+        try:
+            network = vcl_config.settings_from_json(stored["network"])
+        except VclError as err:
+            raise AnsibleParserError(f"{path}: the lab database's settings: {err}") from None
+        self._populate(stored["slaves"], network)
 
     def _check_config(self, path, config):
         """What ansible's option handling lets through: misspelt options and non-booleans (it
@@ -136,7 +147,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 except TypeError:
                     raise AnsibleParserError(f"{path}: {key}: {value!r} is not a boolean (use true or false)") from None
 
-    def _populate(self, slaves):
+    def _populate(self, slaves, network):
         inventory = self.inventory
         for group in (REGISTERED_GROUP, *STATUS_GROUPS):
             inventory.add_group(group)
@@ -144,7 +155,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         constructed = any(self.get_option(option) for option in CONSTRUCTED)
         for slave in slaves:
             name, hostvars = slave["name"], slave["vars"]
-            problem = row_problem(slave)
+            problem = row_problem(slave) or self._address_problem(hostvars["ansible_host"], network)
             if problem:  # a row written around `vcl slave add` (SQL by hand, an older VCL): never an inventory host
                 self.display.warning(f"vcl_slaves: the database's slave {name!r} is left out: {problem}")
                 continue
@@ -154,6 +165,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 inventory.set_variable(name, key, value)
             if constructed:
                 self._construct(name)
+
+    @staticmethod
+    def _address_problem(address, network):
+        """The address (one unicast IPv4 host, row_problem checked) against the lab's networks and pools."""
+        problem = vcl_config.host_address_problem(ipaddress.IPv4Address(address), network)
+        return f"address: {problem}" if problem else ""
 
     def _construct(self, name):
         strict = self.get_option("strict")

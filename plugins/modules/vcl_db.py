@@ -21,6 +21,11 @@ options:
   settings:
     description:
       - Settings to apply (C(vcl config show) lists them), for example C(private_pool), C(public_pool), C(mac_prefix).
+      - The lab's networks, from the inventory, so that C(vcl config set), C(vcl slave add) and the C(vcl_slaves)
+        inventory check against them; C(lab_subnet) and C(vm_subnet) (CIDR), C(lab_gateway), C(vm_gateway) and
+        C(master_address) (IPv4 addresses). An empty value is unknown, and the checks that need it are skipped.
+      - The settings are applied as one batch, checked as a whole (new subnets and the pools inside them at once),
+        so the order of the keys never matters; a setting whose value is null is set to the empty string.
     type: dict
     default: {}
 extends_documentation_fragment:
@@ -40,6 +45,11 @@ EXAMPLES = r"""
     settings:
       private_pool: 10.0.1.16-10.0.1.254
       public_pool: 10.0.0.160-10.0.0.223
+      lab_subnet: 10.0.0.0/24
+      vm_subnet: 10.0.1.0/24
+      lab_gateway: 10.0.0.1
+      vm_gateway: 10.0.1.1
+      master_address: 10.0.0.10
 """
 
 RETURN = r"""
@@ -52,7 +62,7 @@ settings:
   returned: success
   type: dict
 updated:
-  description: The names of the settings this run changed.
+  description: The names of the settings this run changed (a value the database already holds is not listed).
   returned: success
   type: list
   elements: str

@@ -11,7 +11,13 @@ description:
   - An action plugin (plugins/action/vcl_image.py) that runs on the controller, in the Python of ansible-playbook
     itself, where the C(vcl_sched) package must be installed; no C(delegate_to) or interpreter is needed.
   - Adds the image, or brings a registered one to the given values; reports changed only when it wrote something.
-  - Paths are absolute paths in the master's image store; slaves cache the files at the same paths.
+  - Paths are absolute paths in the master's image store (the lab database's C(image_store) setting, default
+    C(/var/lib/vcl/images)); slaves cache the files at the same paths. A launch copies the disk's directory, so
+    every file is in an image directory of its own, C(STORE/NAME/FILE) or C(STORE/NAME/VERSION/FILE), and the
+    kernel and ramdisk are in the disk's directory.
+  - Paths are normalised (no C(..), C(.), C(//) or trailing C(/)), of ASCII letters, digits and C(._+-/) only, each
+    name below the store starting with a letter or digit; where they exist on the controller, they are regular
+    files reached without a symlink out of their image directory. Anything else fails naming the option.
 options:
   db_url:
     description: SQLAlchemy URL of the lab database; defaults to C(VCL_DB_URL), then the embedded SQLite file.
@@ -25,15 +31,15 @@ options:
     type: str
     default: ""
   disk:
-    description: The base disk (qcow2) that launches put a copy-on-write overlay on.
-    type: path
+    description: The base disk (qcow2) launches put a copy-on-write overlay on, in its image directory of the store.
+    type: str
     required: true
   kernel:
-    description: A kernel to boot directly (optional).
-    type: path
+    description: A kernel to boot directly (optional), in the disk's directory.
+    type: str
   ramdisk:
-    description: Its initramfs (optional).
-    type: path
+    description: Its initramfs (optional), in the disk's directory.
+    type: str
   cmdline:
     description: Its kernel command line (optional).
     type: str

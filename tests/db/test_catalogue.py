@@ -53,7 +53,7 @@ def test_duplicate_slave_name_or_address_is_refused(lab_db):
 def test_groups_and_images(lab_db):
     with pytest.raises(ConflictError):
         catalogue.add_group("cs", url=lab_db)
-    image = catalogue.add_image("tiny", "/var/lib/vcl/images/tiny.qcow2", kernel="/var/lib/vcl/images/vmlinux",
+    image = catalogue.add_image("tiny", "/var/lib/vcl/images/t/t.qcow2", kernel="/var/lib/vcl/images/t/vmlinux",
                                 cores=1, ram_mb=128, disk_gb=1, url=lab_db)
     assert image["ram_mb"] == 128
     with pytest.raises(ValidationError) as err:
@@ -73,12 +73,12 @@ def test_pools_cannot_drop_a_held_pair(lab_db):
 
 
 def test_ensure_image_adds_then_changes_only_what_differs(lab_db):
-    args = {"description": "tiny", "kernel": "/var/lib/vcl/images/vmlinux", "cores": 1, "ram_mb": 128, "disk_gb": 1}
-    row, changed = catalogue.ensure_image("tiny", "/var/lib/vcl/images/tiny.qcow2", **args, url=lab_db)
-    assert changed and (row["kernel"], row["ram_mb"], row["ramdisk"]) == ("/var/lib/vcl/images/vmlinux", 128, None)
-    again, changed = catalogue.ensure_image("tiny", "/var/lib/vcl/images/tiny.qcow2", **args, url=lab_db)
+    args = {"description": "tiny", "kernel": "/var/lib/vcl/images/t/vmlinux", "cores": 1, "ram_mb": 128, "disk_gb": 1}
+    row, changed = catalogue.ensure_image("tiny", "/var/lib/vcl/images/t/t.qcow2", **args, url=lab_db)
+    assert changed and (row["kernel"], row["ram_mb"], row["ramdisk"]) == ("/var/lib/vcl/images/t/vmlinux", 128, None)
+    again, changed = catalogue.ensure_image("tiny", "/var/lib/vcl/images/t/t.qcow2", **args, url=lab_db)
     assert (again, changed) == (row, False)
-    bigger, changed = catalogue.ensure_image("tiny", "/var/lib/vcl/images/tiny.qcow2", **{**args, "ram_mb": 256},
+    bigger, changed = catalogue.ensure_image("tiny", "/var/lib/vcl/images/t/t.qcow2", **{**args, "ram_mb": 256},
                                              url=lab_db)
     assert changed and bigger == {**row, "ram_mb": 256}
     update = audit.audit_log(lab_db, limit=1)[0]
@@ -97,7 +97,7 @@ def test_ensure_image_adds_then_changes_only_what_differs(lab_db):
 def test_bad_image_input_names_the_field_and_writes_nothing(lab_db, db_state, kwargs, field):
     before = db_state(lab_db)
     with pytest.raises(ValidationError) as err:
-        catalogue.ensure_image(**{"name": "tiny", "disk_file": "/var/lib/vcl/images/tiny.qcow2", **kwargs}, url=lab_db)
+        catalogue.ensure_image(**{"name": "tiny", "disk_file": "/var/lib/vcl/images/t/t.qcow2", **kwargs}, url=lab_db)
     assert err.value.field == field
     assert db_state(lab_db) == before and catalogue.list_images(lab_db) == []
 

@@ -317,6 +317,50 @@ def test_rows_that_would_break_every_play_are_left_out_and_reported(sqlite_db, t
     assert "is left out: " + why in proc.stderr.replace("\n", " ")
 
 
+LAB_NETWORK = {"lab_subnet": "10.77.0.0/24", "vm_subnet": "10.77.1.0/24", "lab_gateway": "10.77.0.1",
+               "vm_gateway": "10.77.1.1", "master_address": "10.77.0.10"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("10.78.0.23", "is outside lab_subnet 10.77.0.0/24"), ("10.77.0.255", "network or broadcast address"),
+    ("10.77.0.1", "the lab_gateway setting's address"), ("10.77.0.10", "the master_address setting's address"),
+    ("10.77.1.23", "is outside lab_subnet"), ("10.77.0.190", "is in public_pool"),
+])  # fmt: skip
+def test_rows_outside_the_lab_networks_are_left_out_and_reported(slaves_db, tmp_path, value, why):
+    """The database's settings know the lab's networks: a row written around `vcl slave add` (which refuses these
+    addresses) with an address outside lab_subnet, a gateway's, the master's or a pool's is no inventory host."""
+    service.configure(LAB_NETWORK, slaves_db)
+    with db.engine(slaves_db).begin() as conn:
+        conn.execute(text("UPDATE slaves SET address = :v WHERE name = 's3'"), {"v": value})
+    source = write_config(tmp_path / "inv", f"plugin: vcl.lab.vcl_slaves\ndb_url: {slaves_db}\n")
+    proc = run([BIN / "ansible-inventory", "-i", source, "--list"])
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert sorted(data["vcl_registered"]["hosts"]) == ["s1", "s2"] and "s3" not in data["_meta"]["hostvars"]
+    message = " ".join(proc.stderr.split())
+    assert f"slave 's3' is left out: address: {value} " in message and why in message, proc.stderr
+
+
+def test_the_cache_keeps_the_networks_the_rows_were_checked_against(sqlite_db, tmp_path):
+    service.configure(LAB_NETWORK, sqlite_db)
+    source = write_config(tmp_path / "inv", f"""plugin: vcl.lab.vcl_slaves
+db_url: {sqlite_db}
+cache: true
+cache_plugin: ansible.builtin.jsonfile
+cache_connection: {tmp_path}/cache
+cache_timeout: 3600
+""")  # fmt: skip
+    first = listing(source)
+    assert groups_of(first)["vcl_registered"] == ["s1", "s2", "s3"]
+    (stored,) = (tmp_path / "cache").iterdir()
+    entry = json.loads(stored.read_text())  # the jsonfile cache plugin's wrapper around the plugin's JSON
+    assert json.loads(entry["__payload__"])["network"]["lab_subnet"] == "10.77.0.0/24"
+    # A cache written by an older plugin (a bare list of slaves, unchecked) is read again from the database.
+    entry["__payload__"] = json.dumps([{"name": "ghost", "vars": {"ansible_host": "10.77.0.99"}}])
+    stored.write_text(json.dumps(entry))
+    assert groups_of(listing(source))["vcl_registered"] == ["s1", "s2", "s3"]
+
+
 CONFIG_ERRORS = [
     (
         "plugin: vcl.lab.vcl_slaves\ndb_ur: sqlite:////x\n",

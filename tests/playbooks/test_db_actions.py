@@ -113,7 +113,7 @@ def test_what_the_database_holds_comes_back_as_data_never_as_a_template(lab_db):
     url = lab_db[0]
     outs = tasks(
         lab_db,
-        {"name": "Declare an image", "vcl.lab.vcl_image": {"name": "g", "disk": "/srv/g.qcow2",
+        {"name": "Declare an image", "vcl.lab.vcl_image": {"name": "g", "disk": "/var/lib/vcl/images/g/g.qcow2",
                                                            "description": "{{ '{{' }} 6 * 7 }}"}},
         {"name": "Use what came back", "ansible.builtin.set_fact": {"seen": "{{ out.image.description }}"}},
     )
@@ -131,7 +131,7 @@ def test_check_mode_writes_nothing_and_skips_what_cannot_predict(lab_db):
         lab_db,
         {"name": "Ask", "vcl.lab.vcl_reserve": {"owner": "cs", "cores": 1, "ram_mb": 256, "hours": 1}},
         {"name": "Settings", "vcl.lab.vcl_db": {"settings": {"mac_prefix": "52:54:01"}}},
-        {"name": "An image", "vcl.lab.vcl_image": {"name": "g", "disk": "/srv/g.qcow2"}},
+        {"name": "An image", "vcl.lab.vcl_image": {"name": "g", "disk": "/var/lib/vcl/images/g/g.qcow2"}},
         check=True,
     )
     assert outs[0]["kind"] == "BE" and outs[0]["result"]["decision"] == "place"

@@ -61,7 +61,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, str]]]] = {
         "name": ("@name", "s{n}"), "address": ("--address", "10.{a}.{b}"), "cores": ("--cores", "4"),
         "ram_mb": ("--ram-mb", "4096"), "disk_gb": ("--disk-gb", "20"), "status": ("--status", "down")}),
     "image add": (("image", "add"), {
-        "name": ("@name", "im{n}"), "disk_file": ("--disk-file", "/srv/vcl/images/im{n}.qcow2"),
+        "name": ("@name", "im{n}"), "disk_file": ("--disk-file", "/var/lib/vcl/images/im{n}/disk.qcow2"),
         "description": ("--description", "an image"), "cores": ("--cores", "1"), "ram_mb": ("--ram-mb", "512"),
         "disk_gb": ("--disk-gb", "2")}),
 }
@@ -131,7 +131,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for argv in (["db", "init"], ["group", "add", "cs"],
                  ["slave", "add", "s1", "--address", "10.9.0.1", "--cores", "8", "--ram-mb", "16384",
                   "--disk-gb", "100"],
-                 ["image", "add", "img", "--disk-file", "/srv/vcl/images/img.qcow2"],
+                 ["image", "add", "img", "--disk-file", "/var/lib/vcl/images/img/disk.qcow2"],
                  ["config", "set", "private_pool=10.9.1.0/24", "public_pool=10.9.2.0/24"]):
         code, _, err = _run(path, argv)
         assert code == 0, (argv, err)
@@ -210,7 +210,7 @@ def test_priority_output_is_finite_at_the_edges(lab):
     (["reserve", "--owner=cs", "--cores=1", "--ram-mb=600", "--start=2026-11-23 10:00", "--hours=2",
       "--platform-value=1e308", "--register-as-slave=0", "--member=0"], "platform_value"),
     (["slave", "add", "--address=10.9.0.7", f"--cores={2**63}", "--ram-mb=1", "--disk-gb=1", "--", "s7"], "cores"),
-    (["image", "add", "--disk-file=/srv/vcl/images/x.qcow2", "--description=\udcff", "--", "im7"], "description"),
+    (["image", "add", "--disk-file=/var/lib/vcl/images/x/x.qcow2", "--description=\udcff", "--", "im7"], "description"),
     (["config", "set", "--", "priority_coefficient=1e308"], "priority_coefficient"),
     (["request", "--owner=cs", "--cores=1", "--ram-mb=256", "--hours=9" + "9" * 30, "--platform-value=5",
       "--register-as-slave=0", "--member=0"], "hours"),
