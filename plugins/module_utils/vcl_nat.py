@@ -14,7 +14,6 @@ each VM (DHCP host entries, public aliases) are module_utils/vcl_vm_files.py's.
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import re
@@ -22,6 +21,8 @@ import shlex
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_lock import LOCK_DIR, LockError, vm_lock
 
 VM_CHAIN_PREFIX = "VCL-VM-"
 MAX_CHAIN_LEN = 28  # iptables' limit (XT_EXTENSION_MAXNAMELEN - 1)
@@ -31,7 +32,9 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 DNAT_PARENTS = {"PREROUTING": "VCL-PREROUTING", "OUTPUT": "VCL-OUTPUT"}
 MASQ_BUILTIN = "POSTROUTING"
 MASQ_CHAIN = "VCL-POSTROUTING"
-LOCK_FILE = "/run/vcl_nat.lock"
+LOCK_NAME, LOCK_PREFIX = "nat", "vcl_nat"
+LOCK_FILE = f"{LOCK_DIR}/{LOCK_PREFIX}.{LOCK_NAME}.lock"
+LOCK_TIMEOUT = 600  # a dhcpd restart and a few iptables commands take seconds; a holder this long is stuck
 
 
 class InputError(ValueError):
@@ -310,11 +313,22 @@ def write_atomically(path: str, content: str, mode: int = 0o640, prefix: str = "
 
 
 @contextmanager
-def nat_lock(path: str = LOCK_FILE):
-    """Hold the lock every writer of the nat table (and of the master's per-VM network state) takes."""
-    with open(path, "a", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file (or the process ending) releases the lock
+def nat_lock(module=None, action: str = "vcl_nat", timeout: float = LOCK_TIMEOUT):
+    """Hold the lock every writer of the master's tables (nat and filter) and per-VM network state takes: the
+    lock file LOCK_FILE in the root-only lock directory, opened without following symlinks, waited for at most
+    ``timeout`` seconds (module_utils/vcl_lock.py). A lock that cannot be taken fails MODULE naming the holder
+    (without a module, LockError is raised)."""
+    lock = vm_lock(LOCK_NAME, action, timeout, prefix=LOCK_PREFIX)
+    try:
+        lock.__enter__()
+    except LockError as err:
+        if module is None:
+            raise
+        module.fail_json(msg=str(err))
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 class Iptables:

@@ -72,10 +72,18 @@ options:
     description: The libvirt connection URI (C(test:///default) in unit tests).
     type: str
     default: qemu:///system
+  lock_timeout:
+    description:
+      - Seconds to wait while another run holds this domain's lock; then the module fails naming the holder
+        (its pid, what it does and since when). C(0) tries once.
+    type: int
+    default: 300
 notes:
   - Supports check mode; C(changed), RV(domain_state) and RV(created) then tell what would happen.
   - Needs python3-libvirt and, to create overlays, C(qemu-img) (qemu-utils) on the slave.
-  - Runs for the same domain are serialised with a lock file in C(/run/lock).
+  - "Runs for the same domain are serialised with a lock file C(/run/vcl/locks/vcl_domain.NAME.lock): the directory
+    is root's, mode 0700 (refused when it is a symlink, another user's or writable by group or others), the file
+    is opened without following symlinks, mode 0600, and names its holder."
 """
 
 EXAMPLES = r"""
@@ -149,7 +157,6 @@ removed:
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -157,6 +164,7 @@ import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vcl.lab.plugins.module_utils.vcl_libvirt import URI_RE, state_name, vnc_port
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_lock import LOCK_DIR, MAX_TIMEOUT, LockError, vm_lock
 
 try:
     import libvirt
@@ -164,7 +172,6 @@ except ImportError:  # pragma: no cover - reported by main()
     libvirt = None
 
 NAME_RE = re.compile(r"^vcl-[A-Za-z0-9_]{1,21}$")
-LOCK_DIRS = ("/run/lock", "/run")
 VNC_PASSWD_MAX = 8  # libvirt's qemu driver refuses longer VNC passwords at define
 ACTIVE_STATES = {"running", "blocked", "paused", "pmsuspended", "shutdown"}
 
@@ -231,6 +238,8 @@ def validate(p):
     name = p["name"]
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InputError(f"name: {name!r} is not vcl-<id> (id: letters, digits and _, at most 21)")
+    if not isinstance(p["lock_timeout"], int) or not 0 <= p["lock_timeout"] <= MAX_TIMEOUT:
+        raise InputError(f"lock_timeout: {p['lock_timeout']!r} is not a number of seconds in 0..{MAX_TIMEOUT}")
     if not URI_RE.match(p["uri"] or ""):
         raise InputError(f"uri: {p['uri']!r} is not a libvirt URI (for example qemu:///system)")
     out = dict(p)
@@ -289,20 +298,6 @@ def _remove(path):
     except FileNotFoundError:
         return False
     return True
-
-
-@contextlib.contextmanager
-def _lock(name):
-    directory = next((d for d in LOCK_DIRS if os.access(d, os.W_OK)), None)
-    if directory is None:  # pragma: no cover - nowhere to lock: run unserialised
-        yield
-        return
-    with open(os.path.join(directory, f"vcl_domain.{name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Domain:
@@ -477,6 +472,7 @@ def main():
             "overlay": {"type": "path"},
             "cleanup_paths": {"type": "list", "elements": "path", "default": []},
             "uri": {"type": "str", "default": "qemu:///system"},
+            "lock_timeout": {"type": "int", "default": 300},
         },
         supports_check_mode=True,
     )
@@ -488,7 +484,12 @@ def main():
         module.fail_json(msg="vcl_domain needs the libvirt Python bindings on the slave (Debian: python3-libvirt)")
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors go to the result, not stderr
 
-    with _lock(p["name"]):
+    with contextlib.ExitStack() as held:
+        try:  # LOCK_DIR is read here, at run time (the tests point it elsewhere)
+            held.enter_context(vm_lock(p["name"], f"vcl_domain state={p['state']}", p["lock_timeout"], LOCK_DIR,
+                                       prefix="vcl_domain"))  # fmt: skip
+        except LockError as err:
+            module.fail_json(msg=str(err))
         try:
             conn = libvirt.open(p["uri"])
         except libvirt.libvirtError as err:

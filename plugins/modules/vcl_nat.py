@@ -182,7 +182,7 @@ def main() -> None:
         module.fail_json(msg=str(err))
 
     nat = Iptables(module)
-    with nat_lock():
+    with nat_lock(module, "vcl_nat"):
         try:
             todo = plan(nat.table(), vms, params["state"], params["exclusive"], masquerade)
             commands = nat.commands(todo)

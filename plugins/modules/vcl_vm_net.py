@@ -3,7 +3,7 @@
 """The ``vcl_vm_net`` module: put one VM on the master's network at launch, or take it off at release.
 
 One task on the master instead of three (dhcpd, network, nat): the VM's DHCP host entry, its public
-alias on the uplink and its DNAT chain, all under the lock vcl_nat takes (/run/vcl_nat.lock). It reads and
+alias on the uplink and its DNAT chain, all under the lock vcl_nat takes (/run/vcl/locks/vcl_nat.nat.lock). It reads and
 writes only files that module_utils/vcl_vm_files.py renders (the VMs' host entries file that dhcpd.conf
 includes, the VM's own interfaces.d file), with the functions the dhcpd and network roles render them with,
 so a later ``site.yml`` run reports no change. Everything is read and planned before anything changes; a
@@ -18,7 +18,7 @@ short_description: Put one VM on the VCL master's network (DHCP entry, public al
 description:
   - Runs on the master at a launch (O(state=present)) or a release (O(state=absent)) and does, for one VM,
     what the roles C(vcl.lab.dhcpd), C(vcl.lab.network) and C(vcl.lab.nat) do for all of them, in one task and
-    under the lock C(vcl_nat) takes (C(/run/vcl_nat.lock)), so it never races C(vcl_nat) or another launch.
+    under the lock C(vcl_nat) takes (C(/run/vcl/locks/vcl_nat.nat.lock)), so it never races C(vcl_nat) or another launch.
   - It reads and writes only the files the collection's module_utils C(vcl_vm_files) renders, with the same
     functions the roles use, never a role's template output.
   - "DHCP: the entry C(host vm-<id> { hardware ethernet MAC; fixed-address PRIVATE; }) is added (or corrected)
@@ -549,7 +549,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     vm = VmNet(module)
-    with nat_lock():
+    with nat_lock(module, "vcl_vm_net"):
         try:
             vm.plan()
         except (InputError, StepError, NatError, VmFileError) as err:  # refused or unreadable: nothing was changed

@@ -1,0 +1,136 @@
+# Copyright: the VCL project
+# Apache License 2.0 (see pyproject.toml)
+"""Action plugin vcl.lab.vcl_inputs: check a playbook's extra variables as they were given, before anything
+templates them (plugins/modules/vcl_inputs.py documents it).
+
+Why not ``ansible.builtin.assert``: with ``ansible-playbook -e 'id={{ lookup("pipe", "...") }}'`` typed by hand,
+Ansible (2.19) trusts the value as a template, and the first expression that names ``id`` (an assert's ``that``,
+its ``fail_msg``, a role's argument validation) renders it, running the lookup. An action plugin receives the
+task's variables unrendered: here they are only read as data (``vcl_sched.validate``), never templated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible.utils.unsafe_proxy import wrap_var
+from ansible.utils.vars import load_extra_vars
+
+KINDS = ["id", "ids", "name", "cores", "ram_mb", "disk_gb", "hours", "seats", "number", "flag", "bool", "start",
+         "attempts", "seconds", "path"]  # fmt: skip
+ARGUMENT_SPEC = {
+    "fields": {"type": "dict", "required": True},
+    "required": {"type": "list", "elements": "str", "default": []},
+    "one_of": {"type": "list", "elements": "str", "default": []},
+}
+_TEMPLATE = re.compile(r"\{[{%#]")
+_PATH = re.compile(r"^/[A-Za-z0-9._@+/-]{0,4095}$")
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_TEMPLATE.search(value))
+    if isinstance(value, dict):
+        return any(_has_template(k) or _has_template(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_template(v) for v in value)
+    return False
+
+
+def check(field: str, kind: str, value: Any) -> None:
+    """Raise vcl_sched's ValidationError naming ``field`` unless ``value`` is a ``kind``; never templates."""
+    from vcl_sched import validate as v
+    from vcl_sched.config import parse_datetime
+    from vcl_sched.errors import ValidationError
+
+    if isinstance(value, str) and _TEMPLATE.search(value):
+        raise ValidationError(field, "a Jinja template is not allowed here (requests are data)")
+    if kind == "id":
+        v.id_value(field, value)
+    elif kind == "ids":
+        items = [i.strip() for i in value.split(",")] if isinstance(value, str) else [value]  # as the plays read it
+        if not 1 <= len(items) <= 1000 or "" in items:
+            raise ValidationError(field, f"{v.shown(value)} is not a list of instance ids (N or N,M,...)")
+        for item in items:
+            v.id_value(field, item)
+    elif kind == "name":
+        v.check_name(field, value)
+    elif kind == "cores":
+        v.cores_value(field, value)
+    elif kind == "ram_mb":
+        v.ram_value(field, value)
+    elif kind == "disk_gb":
+        v.disk_value(field, value)
+    elif kind == "hours":
+        v.hours_value(field, value)
+    elif kind == "seats":
+        v.seats_value(field, value)
+    elif kind == "number":
+        v.bounded(field, value, 0, v.MAX_NUMBER)
+    elif kind == "flag":
+        if not isinstance(value, bool):
+            v.whole(field, value, 0, 1)
+    elif kind in ("bool", "start") and not isinstance(value, bool | str):
+        what = "true or false" if kind == "bool" else "now or a date and time"
+        raise ValidationError(field, f"{v.shown(value)} is not {what}")
+    elif kind == "bool":
+        if value.strip().lower() not in _TRUE | _FALSE:
+            raise ValidationError(field, f"{v.shown(value)} is not true or false")
+    elif kind == "start":
+        if value.strip() != "now":
+            v.text_value(field, value, 64)
+            parse_datetime(value, field)
+    elif kind == "attempts":
+        v.whole(field, value, 1, 3)
+    elif kind == "seconds":
+        v.bounded(field, value, 0.01, 60)
+    elif kind == "path":
+        v.text_value(field, value)
+        if not _PATH.match(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+            raise ValidationError(field, f"{v.shown(value)} is not a normalised absolute path (letters, digits, ._@+-)")
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        _spec, validated = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        fields, required, one_of = validated["fields"], validated["required"], validated["one_of"]
+        for name, kind in fields.items():
+            if kind not in KINDS:
+                raise AnsibleActionFail(f"fields: {name}: the kind {kind!r} is not one of {', '.join(KINDS)}")
+        try:
+            from vcl_sched.errors import ValidationError
+        except ImportError as err:
+            message = f"vcl_inputs needs the vcl_sched package in the controller's Python ({err})"
+            raise AnsibleActionFail(message) from None
+        given = dict(task_vars or {})  # the variables as given: values are read, never rendered
+        extra = load_extra_vars(self._loader)
+        try:
+            for name, kind in fields.items():
+                if given.get(name) in (None, ""):
+                    continue
+                if name not in extra and _has_template(given[name]):
+                    continue  # the inventory's or a playbook's own template (trusted), rendered where it is used
+                check(name, kind, given[name])
+            for name, value in extra.items():  # any other extra variable: data, never a template
+                if name not in fields and (_has_template(value) or _TEMPLATE.search(str(name))):
+                    raise ValidationError(str(name)[:64], "a Jinja template is not allowed in an extra variable")
+            for name in required:
+                if given.get(name) in (None, ""):
+                    raise ValidationError(name, f"required (-e {name}=...)")
+            if one_of and all(given.get(name) in (None, "") for name in one_of):
+                raise ValidationError(one_of[0], f"required (-e {one_of[0]}=...)")
+        except ValidationError as err:
+            result.update(failed=True, msg=str(err), field=getattr(err, "field", None))
+            return wrap_var(result)
+        result.update(changed=False, checked=sorted(name for name in fields if given.get(name) not in (None, "")))
+        return wrap_var(result)
