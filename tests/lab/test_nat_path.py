@@ -7,7 +7,9 @@ an "outside" host (a slave, on its lab address). Then:
 - a lab host reaches the VM at its public address (PREROUTING DNAT) and the VM sees the caller's
   own address;
 - the master itself reaches the VM at its public address (OUTPUT DNAT);
-- the VM reaches the outside host, which sees the master's address (MASQUERADE);
+- the VM reaches the outside host at an address beyond the lab (TEST-NET-2, routed by the master through the
+  slave that holds it), which sees the master's address (MASQUERADE);
+- the VM does not reach that same host on its lab address, nor the master's sshd (the master's firewall);
 - after the nat table is emptied, restarting netfilter-persistent brings the path back;
 - once the VM is dropped from nat__dnat, its public address no longer leads to it.
 """
@@ -71,13 +73,14 @@ class NatPath:
     lab: Lab
     workdir: Path
     master: str
-    outside: str  # a slave, on its lab address
+    outside: str  # a slave: a lab host, which also holds BEYOND, an address outside the lab
     vm_host: str  # the client machine, holding the stand-in VM's namespace
     master_address: str
     outside_address: str
     public: str
     private: str
     last_error: str = ""
+    beyond: str = "198.51.100.7"
 
     def play(self, name: str, plays: list[dict], **variables) -> None:
         playbook = self.workdir / f"{name}.yml"
@@ -171,7 +174,33 @@ def nat_path(lab, tmp_path_factory):
                 *_cgi_tasks("vm", in_ns),
             ],
         },
-        {"name": "The outside host", "hosts": outside, "gather_facts": False, "tasks": _cgi_tasks("outside", [])},
+        {
+            "name": "The outside host, also at an address beyond the lab",
+            "hosts": outside,
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Hold the address beyond the lab",
+                    "ansible.builtin.command": {"argv": ["ip", "address", "replace", f"{path.beyond}/32", "dev", "lo"]},
+                    "changed_when": True,
+                },
+                *_cgi_tasks("outside", []),
+            ],
+        },
+        {
+            "name": "The master routes the address beyond the lab through the outside host (its uplink)",
+            "hosts": master,
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Add the route",
+                    "ansible.builtin.command": {
+                        "argv": ["ip", "route", "replace", f"{path.beyond}/32", "via", path.outside_address]
+                    },
+                    "changed_when": True,
+                }
+            ],
+        },
         {
             "name": "Forget stale neighbours (LAB.md: an address may have been held by another MAC before)",
             "hosts": f"{outside},{vm_host}",
@@ -200,7 +229,20 @@ def nat_path(lab, tmp_path_factory):
                 },
             ],
         },
-        {"name": "Stop the outside host's httpd", "hosts": outside, "gather_facts": False, "tasks": _stop_tasks()},
+        {
+            "name": "Stop the outside host's httpd and drop its address beyond the lab",
+            "hosts": outside,
+            "gather_facts": False,
+            "tasks": [
+                *_stop_tasks(),
+                {
+                    "name": "Delete the address",
+                    "ansible.builtin.command": {"argv": ["ip", "address", "del", f"{path.beyond}/32", "dev", "lo"]},
+                    "changed_when": True,
+                    "failed_when": False,
+                },
+            ],
+        },
         {
             "name": "Drop the public alias",
             "hosts": master,
@@ -213,7 +255,13 @@ def nat_path(lab, tmp_path_factory):
                     },
                     "changed_when": True,
                     "failed_when": False,
-                }
+                },
+                {
+                    "name": "Delete the route beyond the lab",
+                    "ansible.builtin.command": {"argv": ["ip", "route", "del", f"{path.beyond}/32"]},
+                    "changed_when": True,
+                    "failed_when": False,
+                },
             ],
         },
     ]
@@ -235,8 +283,18 @@ def test_master_itself_reaches_the_vm_at_its_public_address(nat_path):
 
 
 def test_vm_reaches_the_outside_masqueraded_as_the_master(nat_path):
-    body = nat_path.fetch(nat_path.vm_host, nat_path.outside_address, "ip", "netns", "exec", NS)
+    body = nat_path.fetch(nat_path.vm_host, nat_path.beyond, "ip", "netns", "exec", NS)
     assert body == f"outside {nat_path.master_address}", nat_path.last_error
+
+
+def test_vm_does_not_reach_the_lab_through_the_master(nat_path):
+    # The same host on its lab address, and the master's own sshd: the master's firewall drops both.
+    assert nat_path.fetch(nat_path.vm_host, nat_path.outside_address, "ip", "netns", "exec", NS) == ""
+    ssh = nat_path.lab.ssh(nat_path.vm_host, "ip", "netns", "exec", NS, "timeout", "5", "busybox", "nc", "-w", "3",
+                           nat_path.master_address, "22")
+    assert "SSH-" not in ssh.stdout
+    forward = nat_path.lab.ssh(nat_path.master, "iptables-save", "-t", "filter").stdout
+    assert ":FORWARD DROP" in forward and "-A FORWARD -j VCL-FORWARD" in forward
 
 
 def test_rules_come_back_from_netfilter_persistent(nat_path):
@@ -256,7 +314,7 @@ def test_released_vm_is_no_longer_reachable(nat_path):
         rules = nat_path.lab.ssh(nat_path.master, "iptables-save", "-t", "nat").stdout
         assert nat_path.private not in rules and "VCL-VM-nat_path" not in rules
         # The VM's own way out is the MASQUERADE rule, which stays.
-        body = nat_path.fetch(nat_path.vm_host, nat_path.outside_address, "ip", "netns", "exec", NS)
+        body = nat_path.fetch(nat_path.vm_host, nat_path.beyond, "ip", "netns", "exec", NS)
         assert body == f"outside {nat_path.master_address}"
     finally:
         nat_path.converge([nat_path.vm])

@@ -3,6 +3,11 @@ kernel modules to load and an ``/init`` that prints ``vcl-guest: booted``, confi
 [``vcl.gw=ADDR``] on the kernel command line, else DHCP with busybox udhcpc), prints ``vcl-guest: lease <ip>``
 once and answers every TCP connection on MARKER_PORT with one line ``vcl-guest ready <ip> <mac>``.
 
+With ``vcl.try=KIND:ARG[:ARG...][,...]`` on the command line the guest is hostile: once it has its address it
+runs each attempt (TRY_SCRIPT: reach a host's port, take another address or MAC, claim an address by ARP,
+answer DHCP) and prints one ``vcl-guest: try ...`` line per attempt (TRY_RE), then ``vcl-guest: tries done``.
+The attempts are data the script parses, never commands it runs.
+
 BOOTED_LINE, LEASE_RE and MARKER_RE are that contract as the tests read it.
 """
 
@@ -17,6 +22,11 @@ BOOTED_LINE = "vcl-guest: booted"
 LEASE_RE = re.compile(r"^vcl-guest: lease (\d+\.\d+\.\d+\.\d+)\s*$", re.MULTILINE)
 #: What each connection to MARKER_PORT reads: groups are the address and the MAC.
 MARKER_RE = re.compile(r"^vcl-guest ready (\d+\.\d+\.\d+\.\d+) ([0-9a-f]{2}(?::[0-9a-f]{2}){5})\s*$", re.MULTILINE)
+#: One hostile attempt's outcome: the attempt as given (KIND:ARGS) and connected (a TCP connection was made and
+#: the peer spoke first), answered (the host refused: the packet reached it), blocked (no answer) or sent
+#: (an attempt nothing answers: ARP claims, the DHCP server; the test watches the wire for those).
+TRY_RE = re.compile(r"^vcl-guest: try (\S+) (connected|answered|blocked|sent|bad)\s*$", re.MULTILINE)
+TRIES_DONE = "vcl-guest: tries done"
 
 INIT_SCRIPT = r"""#!/bin/sh
 # /init of the vcl test guest (written by vcl_lab.guest.initramfs). Busybox only; never exits.
@@ -41,10 +51,12 @@ while [ ! -e /sys/class/net/eth0 ]; do
 done
 STATIC=
 GW=
+TRY=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vcl.ip=*) STATIC="${arg#vcl.ip=}" ;;
         vcl.gw=*) GW="${arg#vcl.gw=}" ;;
+        vcl.try=*) TRY="${arg#vcl.try=}" ;;
     esac
 done
 ip link set lo up
@@ -72,6 +84,7 @@ echo "vcl-guest ready $IP $MAC" >/run/vcl/marker
 # One line per connection, as many connections as come (-ll); restarted should nc ever stop.
 (while :; do nc -ll -p 80 -e /etc/vcl/marker.sh; usleep 500000; done) </dev/null >/dev/null 2>&1 &
 say "lease $IP"
+[ -n "$TRY" ] && /etc/vcl/try.sh "$TRY" "$IP" &
 while :; do wait; sleep 3600; done
 """
 
@@ -96,6 +109,72 @@ exit 0
 """
 
 MARKER_SCRIPT = "#!/bin/sh\ncat /run/vcl/marker\n"
+
+TRY_SCRIPT = r"""#!/bin/sh
+# The hostile test guest's attempts (vcl_lab.guest.initramfs): $1 is vcl.try= (KIND:ARG... separated by ','),
+# $2 the guest's own address. Each attempt prints "vcl-guest: try ATTEMPT RESULT". Only these kinds:
+#   tcp:HOST:PORT            connect (connected: the peer spoke; answered: refused; blocked: nothing came back)
+#   spoof:ADDR:HOST:PORT     the same from ADDR, an address that is not the guest's (added, then removed)
+#   mac:MAC:HOST:PORT        the same with the interface's MAC changed to MAC (then put back)
+#   arp:ADDR                 claim ADDR with unsolicited ARP replies (sent)
+#   dhcpd:FIRST:LAST:SECONDS answer DHCP, offering FIRST..LAST, for SECONDS (sent)
+say() { echo "vcl-guest: $*"; }
+ok_addr() { echo "$1" | grep -Eq '^[0-9]{1,3}(\.[0-9]{1,3}){3}$'; }
+ok_port() { echo "$1" | grep -Eq '^[0-9]{1,5}$'; }
+connect() {  # HOST PORT -> connected | answered | blocked
+    out=$(timeout 6 nc -w 3 "$1" "$2" </dev/null 2>/tmp/try.err | head -c 64)
+    if [ -n "$out" ]; then echo connected
+    elif grep -qi refused /tmp/try.err; then echo answered
+    else echo blocked; fi
+}
+SELF="$2"
+MAC0=$(cat /sys/class/net/eth0/address)
+IFS_SAVED="$IFS"
+IFS=,
+for attempt in $1; do
+    IFS="$IFS_SAVED"
+    kind="${attempt%%:*}"
+    rest="${attempt#*:}"
+    a="${rest%%:*}"; rest2="${rest#*:}"
+    b="${rest2%%:*}"; rest3="${rest2#*:}"
+    c="${rest3%%:*}"
+    case "$kind" in
+        tcp)
+            if ok_addr "$a" && ok_port "$b"; then say "try $attempt $(connect "$a" "$b")"
+            else say "try $attempt bad"; fi ;;
+        spoof)
+            if ok_addr "$a" && ok_addr "$b" && ok_port "$c"; then
+                ip addr add "$a/32" dev eth0
+                ip route add "$b/32" dev eth0 src "$a" 2>/dev/null || ip route replace "$b/32" dev eth0 src "$a"
+                say "try $attempt $(connect "$b" "$c")"
+                ip route del "$b/32" 2>/dev/null
+                ip addr del "$a/32" dev eth0
+            else say "try $attempt bad"; fi ;;
+        mac)
+            m=$(echo "$rest" | cut -d: -f1-6); h=$(echo "$rest" | cut -d: -f7); p=$(echo "$rest" | cut -d: -f8)
+            if echo "$m" | grep -Eq '^[0-9a-f]{2}(:[0-9a-f]{2}){5}$' && ok_addr "$h" && ok_port "$p"; then
+                ip link set eth0 address "$m"
+                say "try $attempt $(connect "$h" "$p")"
+                ip link set eth0 address "$MAC0"
+            else say "try $attempt bad"; fi ;;
+        arp)
+            if ok_addr "$a"; then arping -U -c 3 -s "$a" -I eth0 "$a" >/dev/null 2>&1; say "try $attempt sent"
+            else say "try $attempt bad"; fi ;;
+        dhcpd)
+            if ok_addr "$a" && ok_addr "$b" && ok_port "$c"; then
+                printf 'start %s\nend %s\ninterface eth0\nlease_file /tmp/udhcpd.leases\n' "$a" "$b" >/tmp/udhcpd.conf
+                printf 'option subnet 255.255.255.0\noption router %s\n' "$SELF" >>/tmp/udhcpd.conf
+                touch /tmp/udhcpd.leases
+                (timeout "$c" udhcpd -f /tmp/udhcpd.conf >/dev/null 2>&1 &)
+                say "try $attempt sent"
+            else say "try $attempt bad"; fi ;;
+        *) say "try $attempt bad" ;;
+    esac
+    IFS=,
+done
+IFS="$IFS_SAVED"
+say "tries done"
+"""
 
 
 S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
@@ -176,6 +255,7 @@ def build_initramfs(busybox: bytes, kernel_release: str, modules: list[tuple[str
     cpio.add_file("init", INIT_SCRIPT.encode(), 0o755)
     cpio.add_file("etc/vcl/udhcpc.sh", UDHCPC_SCRIPT.encode(), 0o755)
     cpio.add_file("etc/vcl/marker.sh", MARKER_SCRIPT.encode(), 0o755)
+    cpio.add_file("etc/vcl/try.sh", TRY_SCRIPT.encode(), 0o755)
     base = f"lib/modules/{kernel_release}"
     listing = []
     for rel, data in modules:
