@@ -27,7 +27,7 @@ from .catalogue import get_settings, group_ref, image_ref, user_ref
 from .claims import ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
 from .errors import CapacityError
 from .models import Group, Instance, InstanceState, Reservation, ReservationState
-from .priority import parse_priority_inputs, priority
+from .priority import PLATFORM_VALUE_CEILING, parse_priority_inputs, priority
 from .validate import MAX_CORES, MAX_DISK_GB, MAX_RAM_MB, MAX_SEATS, check_name, hours_value, iso, whole
 
 ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
@@ -40,6 +40,29 @@ def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minut
     inputs = parse_priority_inputs(platform_value, register_as_slave, ram_mb, minutes, member,
                                    platform_value_max=settings.platform_value_max)
     return priority(inputs, settings.priority_coefficient), inputs
+
+
+def check_fields(*, owner: Any, cores: Any, ram_mb: Any, hours: Any, platform_value: Any, register_as_slave: Any,
+                 member: Any, start: Any = "now", seats: Any = 1, disk_gb: Any = None, image: Any = None,
+                 user: Any = None) -> None:
+    """Every field of a reservation or request checked on its own, without the database (the CLI does this
+    before it submits a playbook run): names, bounded numbers, the start. A ValidationError names the field.
+    What needs the database (the group, the image, the lab's platform_value_max, the pool) is the playbook's."""
+    check_name("owner", owner)
+    whole("cores", cores, 1, MAX_CORES)
+    ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
+    hours_f = hours_value("hours", hours)
+    whole("seats", seats, 1, MAX_SEATS)
+    if disk_gb is not None:
+        whole("disk_gb", disk_gb, 0, MAX_DISK_GB)
+    for field, value in (("image", image), ("user", user)):
+        if value is not None:
+            check_name(field, value)
+    if str(start or "now").strip().lower() != "now":
+        config.parse_datetime(str(start), "start")
+    # The lab's own platform_value_max is in the database: here only the ceiling any lab may set.
+    parse_priority_inputs(platform_value, register_as_slave, ram_n, hours_f * 60, member,
+                          platform_value_max=PLATFORM_VALUE_CEILING)
 
 
 _BOOKINGS_BETWEEN = db.Prepared(

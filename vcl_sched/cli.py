@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
-from . import __version__, config, db, service
+from . import __version__, bookings, config, db, service
 from .errors import ValidationError, VclError
 from .tables import (
     INST_COLUMNS,
@@ -162,6 +162,9 @@ def cmd_reserve(args: argparse.Namespace) -> int:
             print("vcl: --dry-run and --run do not go together (the reserve playbook has no dry run)",
                   file=sys.stderr)
             return EXIT_USAGE
+        # Every field is checked here first: a bad one is refused naming it before any playbook starts.
+        fields = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run"}
+        bookings.check_fields(start=args.start, seats=args.seats, disk_gb=getattr(args, "disk_gb", None), **fields)
         extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
         return _submit(args, "reserve", {**extravars, "start": args.start, "seats": args.seats})
     result = service.reserve(start=args.start, seats=args.seats, **_request_kwargs(args))
@@ -361,9 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     img = sub.add_parser("image", help="VM images").add_subparsers(dest="sub", required=True)
     p = add("add", cmd_image_add, "add an image from the image store", img)
     p.add_argument("name")
-    p.add_argument("--disk-file", required=True, dest="disk_file")
-    p.add_argument("--kernel")
-    p.add_argument("--ramdisk")
+    p.add_argument("--disk-file", required=True, dest="disk_file",
+                   help="the base disk in the image's own directory of the image store (`vcl config show`"
+                        " image_store): STORE/NAME/FILE or STORE/NAME/VERSION/FILE; letters, digits and ._+-/ only")
+    p.add_argument("--kernel", help="a kernel to boot directly, in the disk's directory")
+    p.add_argument("--ramdisk", help="its initramfs, in the disk's directory")
     p.add_argument("--cmdline")
     p.add_argument("--description", default="")
     p.add_argument("--cores", default=1)
