@@ -9,6 +9,7 @@ audit row; a duplicate name is a ``ConflictError`` naming the field. The lookups
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
@@ -116,6 +117,10 @@ def configure(updates: dict[str, str], url: str | None = None) -> dict[str, Any]
             _rewrite_pairs(session, new)
         if any(getattr(new, key) != getattr(current, key) for key in ADDRESS_SETTINGS):
             _check_slave_addresses(session, new)
+        if new.image_store != current.image_store and os.path.lexists(new.image_store) \
+                and not os.path.isdir(new.image_store):
+            # Where the store exists on this machine (the controller is often the master), it is a directory.
+            raise ValidationError("image_store", f"{new.image_store} exists here and is not a directory")
         db.save_settings(session, new)
         audit(session, "settings", 0, "update", current.to_json(), new.to_json())
         return new.to_json()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -138,7 +139,14 @@ def check_image_store(value: Any) -> str:
     if ".." in value.split("/") or os.path.normpath(value) != value:
         raise ValidationError("image_store", f"{shown(value)} must be a normalised path (no '..', '.', '//' or"
                                              " trailing '/')")
+    if not IMAGE_STORE_RE.match(value):
+        raise ValidationError("image_store", f"{shown(value)}: each name after a '/' is ASCII letters, digits and"
+                                             " '._+-', starting with a letter or digit (as image paths are)")
     return value
+
+
+# The same names image paths are made of (vcl_sched/imagepath.py), so every image below the store can be named.
+IMAGE_STORE_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9._+-]*)+$")
 
 
 def parse_mac_prefix(value: str) -> str:

@@ -92,13 +92,27 @@ def test_an_unknown_network_skips_only_the_checks_that_need_it(unknown):
     ("/", "absolute directory other than /"), ("images", "absolute directory"), ("//srv", "absolute directory"),
     ("/srv/../etc", "normalised"), ("/srv/images/", "normalised"), ("/srv/./images", "normalised"),
     ("/srv//images", "normalised"), ("/srv/\x1bimages", "control characters"), ("/srv/\u200bx", "not printable"),
-    ("/" + "x" * 256, "longer than 256"),
+    ("/" + "x" * 256, "longer than 256"), ("/srv/vcl images", "ASCII letters"), ("/srv/$HOME", "ASCII letters"),
+    ("/srv/-x", "starting with a letter or digit"),
 ])  # fmt: skip
-def test_image_store_is_an_absolute_normalised_printable_path(value, needle):
+def test_image_store_is_an_absolute_normalised_path_of_image_path_names(value, needle):
     with pytest.raises(ValidationError) as err:
         config.settings_from_json({"image_store": value})
     assert err.value.field == "image_store" and needle in err.value.message
-    assert config.settings_from_json({"image_store": "/srv/vcl images"}).image_store == "/srv/vcl images"
+    assert config.settings_from_json({"image_store": "/srv/vcl-images_2.0"}).image_store == "/srv/vcl-images_2.0"
+
+
+def test_an_image_store_that_exists_here_must_be_a_directory(tmp_path):
+    from vcl_sched import service
+
+    url = f"sqlite:///{tmp_path}/vcl.sqlite"
+    service.init(url)
+    (tmp_path / "file").write_text("x")
+    for value in ("/dev/null", str(tmp_path / "file")):
+        with pytest.raises(ValidationError) as err:
+            service.configure({"image_store": value}, url)
+        assert err.value.field == "image_store" and "not a directory" in err.value.message
+    assert service.configure({"image_store": str(tmp_path)}, url)["image_store"] == str(tmp_path)
 
 
 def test_a_batch_is_checked_as_a_whole_whatever_the_order_of_its_keys():
