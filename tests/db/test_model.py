@@ -538,6 +538,13 @@ class LabModel(RuleBasedStateMachine):
                 STEPS[self.backend]["checked.dispatch_while_down"] += 1
             else:
                 skip = set(self.disturbed)
+                # A launcher that died after its claim keeps the claim's cores until its lease expires (a launch in
+                # progress is never taken back): a seat that needs them waits for that expiry. Seats not running
+                # while such a claim is live count as disturbed, like a failed launch.
+                held = any(i.id in self.abandoned and i.leased(self.now) and i.slave_id is not None
+                           for i in snap.instances)
+                if held:
+                    skip |= {(r.id, n) for r in snap.reservations for n in range(r.seats)}
                 for i in snap.instances:
                     if i.kind == "AR" and i.reservation_id is not None and i.seat is not None and (
                             (i.id in self.hand_suspended and i.state == "suspended")
