@@ -18,10 +18,10 @@ plans nothing (the ``Plan`` of module_utils/vcl_nat.py, here for the filter tabl
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from ansible_collections.vcl.lab.plugins.module_utils.vcl_nat import IFNAME_RE, InputError, Plan
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_nwfilter import FilterInputError, check_address, check_network
 
 FORWARD_CHAIN = "VCL-FORWARD"
 INPUT_CHAIN = "VCL-INPUT"
@@ -30,29 +30,18 @@ PARENTS = {"FORWARD": FORWARD_CHAIN, "INPUT": INPUT_CHAIN}
 SERVICES = (("udp", 53), ("tcp", 53), ("udp", 123))
 
 
-def network(value, field: str) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(str(value), strict=True)
-    except ValueError:
-        raise InputError(f"{field}: {value!r} is not an IPv4 network (N/len)") from None
-
-
-def address(value, field: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(value))
-    except ValueError:
-        raise InputError(f"{field}: {value!r} is not an IPv4 address") from None
-
-
 def rules(vm_subnet, vm_gateway, lab_networks, uplink, peers: bool = False) -> dict[str, list[str]]:
     """{chain: [rule spec, ...]} for the two VCL chains, from checked values (InputError names a bad one)."""
-    vm = network(vm_subnet, "vm_subnet")
-    gateway = address(vm_gateway, "vm_gateway")
+    try:  # the same checks as the slaves' filter (vcl_nwfilter)
+        vm = check_network(vm_subnet, "vm_subnet")
+        gateway = check_address(vm_gateway, "vm_gateway")
+        labs = [check_network(n, f"lab_networks[{i}]") for i, n in enumerate(lab_networks or [])]
+    except FilterInputError as err:
+        raise InputError(str(err)) from None
     if gateway not in vm:
         raise InputError(f"vm_gateway: {gateway} is outside vm_subnet {vm}")
     if not isinstance(lab_networks, list | tuple) or not lab_networks:
         raise InputError("lab_networks: at least one network (the lab subnet) is needed")
-    labs = [network(n, f"lab_networks[{i}]") for i, n in enumerate(lab_networks)]
     for i, lab in enumerate(labs):
         if lab.overlaps(vm):
             raise InputError(f"lab_networks[{i}]: {lab} overlaps vm_subnet {vm}")

@@ -18,7 +18,8 @@ short_description: Put one VM on the VCL master's network (DHCP entry, public al
 description:
   - Runs on the master at a launch (O(state=present)) or a release (O(state=absent)) and does, for one VM,
     what the roles C(vcl.lab.dhcpd), C(vcl.lab.network) and C(vcl.lab.nat) do for all of them, in one task and
-    under the lock C(vcl_nat) takes (C(/run/vcl/locks/vcl_nat.nat.lock)), so it never races C(vcl_nat) or another launch.
+    under the lock C(vcl_nat) takes (C(/run/vcl/locks/vcl_nat.nat.lock)), so it never races C(vcl_nat) or another
+    launch.
   - It reads and writes only the files the collection's module_utils C(vcl_vm_files) renders, with the same
     functions the roles use, never a role's template output.
   - "DHCP: the entry C(host vm-<id> { hardware ethernet MAC; fixed-address PRIVATE; }) is added (or corrected)

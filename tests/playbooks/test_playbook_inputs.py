@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.playbooks.test_reserve_local import small_pool
 from vcl_lab.playbook import run_playbook
 from vcl_lab.testing import REPO
 from vcl_sched import runner, service
@@ -47,11 +48,7 @@ NAMES = {"owner", "user", "image"}  # digits are a valid name (a user 1844674407
 
 @pytest.fixture
 def lab(tmp_path):
-    url = f"sqlite:///{tmp_path}/vcl.sqlite"
-    service.init(url)
-    service.configure({"private_pool": "10.77.1.16-10.77.1.20", "public_pool": "10.77.0.160-10.77.0.164"}, url)
-    service.add_group("cs", url=url)
-    service.add_slave("s1", "10.77.0.21", 2, 4096, 50, url=url)
+    url = small_pool(tmp_path)
     # Closed loopback ports: were the check not first, a play would fail to connect, never reach another host.
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {"vars": {"ansible_host": "127.0.0.1", "ansible_port": 1},

@@ -16,13 +16,19 @@ from vcl_lab.testing import REPO
 from vcl_sched import service
 
 
-@pytest.fixture
-def pool(tmp_path, monkeypatch):
+def small_pool(tmp_path) -> str:
+    """A lab database in TMP_PATH: pools of five pairs, group cs, one slave s1 (2 cores)."""
     url = f"sqlite:///{tmp_path}/vcl.sqlite"
     service.init(url)
     service.configure({"private_pool": "10.77.1.16-10.77.1.20", "public_pool": "10.77.0.160-10.77.0.164"}, url)
     service.add_group("cs", url=url)
     service.add_slave("s1", "10.77.0.21", 2, 4096, 50, url=url)
+    return url
+
+
+@pytest.fixture
+def pool(tmp_path, monkeypatch):
+    url = small_pool(tmp_path)
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  hosts: {}\n")  # the implicit localhost only
     return url, inventory
