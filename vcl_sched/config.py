@@ -139,12 +139,19 @@ def check_image_store(value: Any) -> str:
     if ".." in value.split("/") or os.path.normpath(value) != value:
         raise ValidationError("image_store", f"{shown(value)} must be a normalised path (no '..', '.', '//' or"
                                              " trailing '/')")
+    system = next((d for d in SYSTEM_DIRS if value == d or value.startswith(d + "/")), None)
+    if system:
+        raise ValidationError("image_store", f"{shown(value)} is inside {system}, a system directory: images live in"
+                                             " a directory of their own (default /var/lib/vcl/images)")
     if not IMAGE_STORE_RE.match(value):
         raise ValidationError("image_store", f"{shown(value)}: each name after a '/' is ASCII letters, digits and"
                                              " '._+-', starting with a letter or digit (as image paths are)")
     return value
 
 
+# Directories of the system itself (pseudo file systems, configuration, programs): never an image store.
+SYSTEM_DIRS = ("/dev", "/proc", "/sys", "/run", "/etc", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+               "/usr", "/var/lib/dpkg", "/var/lib/apt")
 # The same names image paths are made of (vcl_sched/imagepath.py), so every image below the store can be named.
 IMAGE_STORE_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9._+-]*)+$")
 

@@ -57,7 +57,7 @@ from .models import (
     SlaveStatus,
 )
 from .priority import service_order_key
-from .validate import check_name, iso, whole
+from .validate import host_name, iso, whole
 
 DOMAIN_PREFIX = "vcl-"
 _DOMAIN_RE = re.compile(r"^vcl-([0-9]{1,12})$")
@@ -75,7 +75,7 @@ def _names(field: str, values: Iterable[Any] | None) -> tuple[str, ...]:
         return ()
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
-    return tuple(check_name(field, v) for v in values)
+    return tuple(host_name(field, v) for v in values)  # slave names: never an inventory keyword or group
 
 
 def _launch_spec(inst: Instance, slave: Slave | None, image: Image | None, owner: str | None) -> dict[str, Any]:
@@ -710,7 +710,7 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
       still carry (the playbook removes them and calls ``net_gone``); ``requeued``; ``leases_expired``."""
     reports: dict[str, dict[str, Any]] = {}
     for name, report in observed.items():
-        name = check_name("slave", name)
+        name = host_name("observed", name)
         if not isinstance(report, Mapping):
             raise ValidationError(f"observed.{name}", "expected a mapping with reachable and domains")
         domains = report.get("domains") or {}

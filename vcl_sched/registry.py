@@ -18,7 +18,7 @@ from vcl_sched.audit import audit
 from vcl_sched.catalogue import ADDRESS_SETTINGS, check_host_address, slave_row
 from vcl_sched.errors import ConflictError, NotFoundError, ValidationError, VclError
 from vcl_sched.models import Instance, InstanceState, Slave, SlaveStatus
-from vcl_sched.validate import check_name, slave_input
+from vcl_sched.validate import check_name, host_name, slave_input
 
 #: Instances in these states live on their slave (a suspended VM keeps its disk and saved memory there).
 ON_SLAVE = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDED)
@@ -77,7 +77,7 @@ def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: An
 def drain_absent(inventory: Iterable[Any], url: str | None = None) -> dict:
     """Mark every registered slave that is not in ``inventory`` as draining: it gets no new VMs, and the
     ones it hosts keep running. Returns ``{"changed": bool, "drained": [names]}``."""
-    keep = {check_name("inventory", name) for name in inventory}
+    keep = {host_name("inventory", name) for name in inventory}
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:

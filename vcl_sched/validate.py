@@ -214,6 +214,14 @@ def host_name_problem(name: Any) -> str:
     return ""
 
 
+def host_name(field: str, value: Any) -> str:
+    """A slave's name as the inventory knows it (:func:`host_name_problem`), or ValidationError naming FIELD."""
+    problem = host_name_problem(value)
+    if problem:
+        raise ValidationError(field, problem)
+    return value if isinstance(value, str) else str(value)
+
+
 def unicast_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """Why ``address`` cannot be a host's or a VM's address (not one unicast machine), or ""."""
     if address.version != 4:

@@ -43,7 +43,11 @@ class VclControllerAction(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         name = self._task.action.rpartition(".")[2]
-        _spec, validated = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC, required_if=self.REQUIRED_IF)
+        try:
+            _spec, validated = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC,
+                                                           required_if=self.REQUIRED_IF)
+        except AnsibleActionFail as err:  # Ansible's message repeats the bad value: one line, whatever it holds
+            raise AnsibleActionFail(" ".join(str(err).split())) from None
         args = plain({key: validated.get(key) for key in self.ARGUMENT_SPEC})
         try:
             from vcl_sched.errors import VclError

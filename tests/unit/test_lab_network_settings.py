@@ -108,10 +108,13 @@ def test_an_image_store_that_exists_here_must_be_a_directory(tmp_path):
     url = f"sqlite:///{tmp_path}/vcl.sqlite"
     service.init(url)
     (tmp_path / "file").write_text("x")
-    for value in ("/dev/null", str(tmp_path / "file")):
+    with pytest.raises(ValidationError) as err:
+        service.configure({"image_store": str(tmp_path / "file")}, url)
+    assert err.value.field == "image_store" and "not a directory" in err.value.message
+    for value in ("/dev/sda", "/dev/null", "/etc", "/proc/self", "/usr/lib/x"):
         with pytest.raises(ValidationError) as err:
             service.configure({"image_store": value}, url)
-        assert err.value.field == "image_store" and "not a directory" in err.value.message
+        assert err.value.field == "image_store" and "system directory" in err.value.message
     assert service.configure({"image_store": str(tmp_path)}, url)["image_store"] == str(tmp_path)
 
 
