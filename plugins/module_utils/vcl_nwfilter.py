@@ -146,3 +146,19 @@ def canonical(xml_text: str) -> str:
 
     strip(element)
     return ET.canonicalize(ET.tostring(element, encoding="unicode"), strip_text=True)
+
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def with_uuid(xml_text: str, uuid: str) -> str:
+    """A filter's XML with UUID as its first element (redefining a filter keeps the uuid it has)."""
+    if not UUID_RE.match(str(uuid)):
+        raise FilterInputError(f"uuid: {uuid!r} is not a libvirt uuid")
+    element = ET.fromstring(xml_text)  # noqa: S314 (built by build())
+    for old in element.findall("uuid"):
+        element.remove(old)
+    node = ET.Element("uuid")
+    node.text = uuid
+    element.insert(0, node)
+    return ET.tostring(element, encoding="unicode")

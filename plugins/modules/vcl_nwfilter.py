@@ -78,7 +78,7 @@ filters:
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vcl.lab.plugins.module_utils.vcl_nwfilter import FilterInputError, build, canonical
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_nwfilter import FilterInputError, build, canonical, with_uuid
 
 try:
     import libvirt
@@ -122,12 +122,14 @@ def main():
         for filter_name in sorted(wanted, key=lambda n: n == p["name"]):
             xml = wanted[filter_name]
             try:
-                current = canonical(conn.nwfilterLookupByName(filter_name).XMLDesc(0))
+                existing = conn.nwfilterLookupByName(filter_name)
+                current, uuid = canonical(existing.XMLDesc(0)), existing.UUIDString()
             except libvirt.libvirtError:
-                current = None
+                current = uuid = None
             defined[filter_name] = current != canonical(xml)
             if defined[filter_name] and not module.check_mode:
-                conn.nwfilterDefineXML(xml)
+                # A filter is redefined under its own uuid (libvirt refuses a second one by the same name).
+                conn.nwfilterDefineXML(with_uuid(xml, uuid) if uuid else xml)
     except libvirt.libvirtError as err:
         module.fail_json(msg=f"defining the filter {filter_name} failed: {err}", filters=defined)
     finally:

@@ -134,3 +134,14 @@ def test_a_filter_without_a_valid_address_is_never_rendered(ip):
 def test_without_a_filter_there_is_no_reference():
     root = ET.fromstring(render(**BASE))
     assert root.find("devices/interface/filterref") is None
+
+
+def test_a_redefinition_keeps_the_filters_uuid():
+    from ansible_collections.vcl.lab.plugins.module_utils.vcl_nwfilter import with_uuid
+
+    xml = with_uuid(build(**ARGS)["vcl-vm"], "bb9b0339-4e4d-442c-bdd4-73f5c5638e66")
+    root = ET.fromstring(xml)
+    assert root[0].tag == "uuid" and root[0].text == "bb9b0339-4e4d-442c-bdd4-73f5c5638e66"
+    assert canonical(xml) == canonical(build(**ARGS)["vcl-vm"])
+    with pytest.raises(FilterInputError, match=r"^uuid: "):
+        with_uuid(build(**ARGS)["vcl-vm"], "x'/><rule")
