@@ -14,11 +14,11 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile_cases import _env  # the same environment switch as the hostile-input matrix
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,20 +96,6 @@ def _dump(path: Path) -> list[str]:
         return list(con.iterdump())
     finally:
         con.close()
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in (*values, "VCL_NOW", "VCL_DB_URL")}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _run(path: Path, argv: list[str]) -> tuple[int, str, str]:
