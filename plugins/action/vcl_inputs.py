@@ -49,26 +49,16 @@ def check(field: str, kind: str, value: Any) -> None:
 
     if isinstance(value, str) and _TEMPLATE.search(value):
         raise ValidationError(field, "a Jinja template is not allowed here (requests are data)")
-    if kind == "id":
-        v.id_value(field, value)
+    simple = {"id": v.id_value, "name": v.check_name, "cores": v.cores_value, "ram_mb": v.ram_value,
+              "disk_gb": v.disk_value, "hours": v.hours_value, "seats": v.seats_value}
+    if kind in simple:
+        simple[kind](field, value)
     elif kind == "ids":
         items = [i.strip() for i in value.split(",")] if isinstance(value, str) else [value]  # as the plays read it
         if not 1 <= len(items) <= 1000 or "" in items:
             raise ValidationError(field, f"{v.shown(value)} is not a list of instance ids (N or N,M,...)")
         for item in items:
             v.id_value(field, item)
-    elif kind == "name":
-        v.check_name(field, value)
-    elif kind == "cores":
-        v.cores_value(field, value)
-    elif kind == "ram_mb":
-        v.ram_value(field, value)
-    elif kind == "disk_gb":
-        v.disk_value(field, value)
-    elif kind == "hours":
-        v.hours_value(field, value)
-    elif kind == "seats":
-        v.seats_value(field, value)
     elif kind == "number":
         v.bounded(field, value, 0, v.MAX_NUMBER)
     elif kind == "flag":

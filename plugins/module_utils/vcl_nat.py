@@ -318,17 +318,13 @@ def nat_lock(module=None, action: str = "vcl_nat", timeout: float = LOCK_TIMEOUT
     lock file LOCK_FILE in the root-only lock directory, opened without following symlinks, waited for at most
     ``timeout`` seconds (module_utils/vcl_lock.py). A lock that cannot be taken fails MODULE naming the holder
     (without a module, LockError is raised)."""
-    lock = vm_lock(LOCK_NAME, action, timeout, prefix=LOCK_PREFIX)
     try:
-        lock.__enter__()
-    except LockError as err:
+        with vm_lock(LOCK_NAME, action, timeout, prefix=LOCK_PREFIX):
+            yield
+    except LockError as err:  # only taking the lock raises it
         if module is None:
             raise
         module.fail_json(msg=str(err))
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 class Iptables:
