@@ -22,8 +22,19 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages whose service the tests run themselves (slapd, dhcpd, PostgreSQL) must not start serving on the
+    # host when they are installed: a policy-rc.d that forbids every start, for the install only.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        guard=/usr/sbin/policy-rc.d
+    fi
+    trap '[ -z "$guard" ] || rm -f "$guard"' EXIT
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+    [ -z "$guard" ] || rm -f "$guard"
+    guard=""
 fi
 
 py=${VCL_PYTHON:-python3}

@@ -6,22 +6,21 @@ back change leaves no audit row. ``before`` and ``after`` are stored as sorted J
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from . import config, db
+from . import acting, config, db
 from .models import AuditLog
 from .validate import iso
 
 
 def actor() -> str:
-    return os.environ.get("VCL_ACTOR") or getpass.getuser()
+    """Who the audit log names for a change: the acting user (``acting.acting``), else the controller's."""
+    return acting.current().name
 
 
 _AUDIT = db.Prepared(insert(AuditLog), ("at", "actor", "object_type", "object_id", "action", "before", "after"))

@@ -21,14 +21,14 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from . import calendar, config, db, placement, preempt, promises
+from . import acting, authz, calendar, config, db, placement, preempt, promises
 from .audit import audit
 from .catalogue import get_settings, group_ref, image_ref, user_ref
 from .claims import ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
-from .errors import CapacityError
+from .errors import CapacityError, ForbiddenError
 from .models import Group, Instance, InstanceState, Reservation, ReservationState
 from .priority import PLATFORM_VALUE_CEILING, parse_priority_inputs, priority
-from .validate import MAX_CORES, MAX_DISK_GB, MAX_RAM_MB, MAX_SEATS, check_name, hours_value, iso, whole
+from .validate import MAX_CORES, MAX_DISK_GB, MAX_RAM_MB, MAX_SEATS, check_name, flag_value, hours_value, iso, whole
 
 ACTIVE_BOOKINGS = (ReservationState.ACCEPTED, ReservationState.ACTIVE)
 
@@ -42,9 +42,9 @@ def _priority_of(platform_value: Any, register_as_slave: Any, ram_mb: Any, minut
     return priority(inputs, settings.priority_coefficient), inputs
 
 
-def check_fields(*, owner: Any, cores: Any, ram_mb: Any, hours: Any, platform_value: Any, register_as_slave: Any,
-                 member: Any, start: Any = "now", seats: Any = 1, disk_gb: Any = None, image: Any = None,
-                 user: Any = None) -> None:
+def check_fields(*, owner: Any, cores: Any, ram_mb: Any, hours: Any, platform_value: Any = None,
+                 register_as_slave: Any = 0, member: Any = None, start: Any = "now", seats: Any = 1,
+                 disk_gb: Any = None, image: Any = None, user: Any = None, prelaunch: Any = True) -> None:
     """Every field of a reservation or request checked on its own, without the database (the CLI does this
     before it submits a playbook run): names, bounded numbers, the start. A ValidationError names the field.
     What needs the database (the group, the image, the lab's platform_value_max, the pool) is the playbook's."""
@@ -58,11 +58,13 @@ def check_fields(*, owner: Any, cores: Any, ram_mb: Any, hours: Any, platform_va
     for field, value in (("image", image), ("user", user)):
         if value is not None:
             check_name(field, value)
-    if str(start or "now").strip().lower() != "now":
+    flag_value("prelaunch", prelaunch)
+    if not isinstance(start, datetime) and str(start or "now").strip().lower() != "now":
         config.parse_datetime(str(start), "start")
-    # The lab's own platform_value_max is in the database: here only the ceiling any lab may set.
-    parse_priority_inputs(platform_value, register_as_slave, ram_n, hours_f * 60, member,
-                          platform_value_max=PLATFORM_VALUE_CEILING)
+    # The lab's own platform_value_max is in the database: here only the ceiling any lab may set. Left out,
+    # PfV and MON come from the image and the membership (authz.priority_inputs).
+    parse_priority_inputs(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_f * 60,
+                          0 if member is None else member, platform_value_max=PLATFORM_VALUE_CEILING)
 
 
 _BOOKINGS_BETWEEN = db.Prepared(
@@ -87,24 +89,41 @@ def _bookings(session: Session, day: datetime, now: datetime) -> list[calendar.B
 
 # --- advance reservations (AR) -----------------------------------------------------------------------
 
+def _bounded_pfv(derived: Any, given: Any, settings: config.Settings) -> Any:
+    """An image's PfV is used within the lab's platform_value_max (an admin may have lowered it since); a value
+    typed by hand is checked as it is."""
+    if given is not None or not isinstance(derived, int | float):
+        return derived
+    return min(float(derived), settings.platform_value_max)
+
+
 def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"id": r.id, "owner": owner, "seats": r.seats, "cores": r.cores, "ram_mb": r.ram_mb,
-            "priority": round(r.priority, 6),
+            "priority": round(r.priority, 6), "prelaunch": bool(r.prelaunch), "series": r.series_id,
+            "platform_value": r.platform_value, "member": r.member,
             "state": str(r.state), "requested_start": iso(r.requested_start), "start": iso(r.start),
             "end": iso(r.end), "hours": r.hours, "rescheduled": r.rescheduled, "reason": r.reason,
             "moved": list(moves)}
 
 
-def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, platform_value: Any,
-            register_as_slave: Any, member: Any, image: str | None = None, user: str | None = None,
-            seats: Any = 1, dry_run: bool = False, url: str | None = None) -> dict[str, Any]:
+def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, platform_value: Any = None,
+            register_as_slave: Any = 0, member: Any = None, image: str | None = None, user: str | None = None,
+            seats: Any = 1, prelaunch: Any = True, series_id: int | None = None, dry_run: bool = False,
+            url: str | None = None) -> dict[str, Any]:
     """An advance reservation (SPEC §4): a block of ``seats`` seats of (``cores``, ``ram_mb``) for a group over
     a window; accepted (maybe moved later, maybe moving lower-priority bookings later) or refused with
     the reason. The block must fit in the pool at every instant of its window, and its seats must be
     placeable on the slaves beside every other booking's seats (``promises.check_block``); a seat larger
     than the largest slave, or a block larger than the pool, is refused at once. Invalid input raises
-    ValidationError."""
+    ValidationError.
+
+    The acting user (``acting.current()``) must be an admin or the group's teacher (``authz.check_book``);
+    ``platform_value`` and ``member`` left out are the image's PfV and the booker's membership (admins may give
+    them). With ``prelaunch`` every seat is started ``prelaunch_lead_minutes`` before the window opens and handed
+    to the group's members in name order; without it a member's seat starts when they take it
+    (``sessions.take_seat``)."""
     owner = check_name("owner", owner)
+    prelaunch_n = flag_value("prelaunch", prelaunch)
     seats_n = whole("seats", seats, 1, MAX_SEATS)
     cores_n = whole("cores", cores, 1, MAX_CORES)
     ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
@@ -113,18 +132,30 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
     user_name = check_name("user", user) if user is not None else None
     settings = get_settings(url)
     now = config.now()
-    pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_f * 60, member,
-                              settings)
+    actor = acting.current()
+    _priority_of(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_f * 60,
+                 0 if member is None else member, settings)  # every field checked before the transaction
     calendar.check_request_policy(start_dt, hours_f, now, settings.booking)
     end_dt = start_dt + timedelta(hours=hours_f)
 
     def apply(session: Session) -> dict[str, Any]:
         db.lock(session, "calendar")
         group_id = group_ref(session, owner)
+        authz.check_book(session, actor, group_id, owner)
         img = image_ref(session, image)
-        user_id = user_ref(session, user_name, group_id)[0] if user_name is not None else None
+        if actor.is_admin:
+            user_id = user_ref(session, user_name)[0] if user_name is not None else None
+        else:
+            if user_name is not None and user_name != actor.name:
+                raise ForbiddenError(f"user: {actor.name} books in their own name, not {user_name}'s")
+            user_id = actor.user_id
+        pfv, mon = authz.priority_inputs(session, actor, group_id, img[0] if img else None, user_id,
+                                         platform_value, member)
+        pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), register_as_slave, ram_n,
+                                  hours_f * 60, mon, settings)
         existing = _bookings(session, start_dt, now)
         res = Reservation(group_id=group_id, user_id=user_id, image_id=img[0] if img else None,
+                          prelaunch=prelaunch_n, series_id=series_id,
                           seats=seats_n, cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
                           hours=hours_f, platform_value=inputs.platform_value,
                           register_as_slave=inputs.register_as_slave, member=inputs.member, priority=pi,
@@ -198,9 +229,10 @@ def running_be(q: Session | db.Direct) -> list[preempt.RunningVM]:
     return [preempt.RunningVM(r[0], r[1], r[2], r[3], r[4], r[5], seq=r[0], kind=str(r[6])) for r in _RUNNING_BE.all(q)]
 
 
-def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: Any, register_as_slave: Any,
-            member: Any, disk_gb: Any = None, image: str | None = None, user: str | None = None,
-            dry_run: bool = False, explain: bool = True, url: str | None = None) -> dict[str, Any]:
+def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: Any = None,
+            register_as_slave: Any = 0, member: Any = None, disk_gb: Any = None, image: str | None = None,
+            user: str | None = None, dry_run: bool = False, explain: bool = True,
+            url: str | None = None) -> dict[str, Any]:
     """A best-effort VM now (SPEC §3, §4): placed and claimed (cores, RAM, disk, MAC, address pair,
     in one transaction), or the preemption plan (which lower-priority BE VMs to suspend), or wait.
 
@@ -208,7 +240,10 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
     write transaction whose compare-and-swap on the slave's generation fails if anything changed
     the chosen slave since, and then the request is decided again on fresh state (Placement's
     optimistic claims). The hours granted are capped by the look-ahead: a BE VM may run only until
-    its cores are needed by a reservation (at most ``booking.lookahead_max_hours``)."""
+    its cores are needed by a reservation (at most ``booking.lookahead_max_hours``).
+
+    The acting user must belong to the group (admins: any); ``platform_value`` and ``member`` left out are the
+    image's PfV and the user's membership (``authz.priority_inputs``)."""
     owner = check_name("owner", owner)
     cores_n = whole("cores", cores, 1, MAX_CORES)
     ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
@@ -237,10 +272,18 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
     settings = db.load_settings(q)
     hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
-    pi, inputs = _priority_of(platform_value, register_as_slave, ram_n, hours_n * 60, member,
-                              settings)
+    actor = acting.current()
+    _priority_of(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_n * 60,
+                 0 if member is None else member, settings)  # every field checked before the database is
     group_id = group_ref(q, owner)
+    authz.check_request(q, actor, group_id, owner, user_name)
+    if not actor.is_admin:
+        user_name = actor.name
     img = image_ref(q, image)
+    user_id = authz.user_id_of(q, user_name) if user_name is not None else None
+    pfv, mon = authz.priority_inputs(q, actor, group_id, img[0] if img else None, user_id, platform_value, member)
+    pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), register_as_slave, ram_n,
+                              hours_n * 60, mon, settings)
     disk = disk_n if disk_n is not None else (img[1] if img else 0)
     demand = placement.Demand(cores_n, ram_n, disk)
     answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from . import config, db, imagepath
+from . import config, db, imagepath, people
 from .audit import audit
 from .errors import ConflictError, NotFoundError, ValidationError
 from .models import AddressPair, Group, Image, Membership, Slave, User
@@ -44,7 +44,8 @@ def group_ref(q: Session | db.Direct, name: str, field: str = "owner") -> int:
 
 
 _USER = db.Prepared(select(User.id, User.declines).where(User.name == bindparam("name")))
-_NEW_USER = db.Prepared(insert(User).returning(User.id), ("name", "declines", "registered_slave", "created_at"))
+_NEW_USER = db.Prepared(insert(User).returning(User.id),
+                        ("name", "declines", "registered_slave", "created_at", "role", "auth"))
 _MEMBER = db.Prepared(select(Membership.user_id).where(Membership.user_id == bindparam("uid"),
                                                        Membership.group_id == bindparam("gid")))
 _NEW_MEMBER = db.Prepared(insert(Membership), ("user_id", "group_id"))
@@ -58,7 +59,7 @@ def user_ref(q: Session | db.Direct, name: str, group_id: int | None = None) -> 
         user_id, declines = row
     else:
         user_id, declines = _NEW_USER.scalar(q, {"name": name, "declines": 0, "registered_slave": 0,
-                                                 "created_at": config.now()}), 0
+                                                 "created_at": config.now(), "role": "student", "auth": "local"}), 0
         audit(q, "user", user_id, "create", None, {"name": name})
     if group_id is not None and _MEMBER.first(q, {"uid": user_id, "gid": group_id}) is None:
         _NEW_MEMBER.run(q, {"user_id": user_id, "group_id": group_id})
@@ -200,27 +201,14 @@ def _rewrite_pairs(session: Session, settings: config.Settings) -> None:
 
 # --- groups, users, images ----------------------------------------------------------------------
 
-def add_group(name: str, description: str = "", url: str | None = None) -> dict[str, Any]:
-    name = check_name("name", name)
-    db.require_schema(url)
-
-    def apply(session: Session) -> dict[str, Any]:
-        if session.scalar(select(Group.id).where(Group.name == name)) is not None:
-            raise ConflictError(f"name: a group named {name!r} exists already")
-        group = Group(name=name, description=description, created_at=config.now())
-        session.add(group)
-        session.flush()
-        audit(session, "group", group.id, "create", None, {"name": name})
-        return {"id": group.id, "name": name, "description": description}
-
-    return db.write(apply, url)
+def add_group(name: str, description: str = "", url: str | None = None, owner: str | None = None) -> dict[str, Any]:
+    """A new group (people.add_group: its owner, who may create one)."""
+    return people.add_group(name, description, owner=owner, url=url)
 
 
 def list_groups(url: str | None = None) -> list[dict[str, Any]]:
-    db.require_schema(url)
-    with db.read(url) as session:
-        return [{"id": g.id, "name": g.name, "description": g.description}
-                for g in session.scalars(select(Group).order_by(Group.name))]
+    """Groups with their owner and member count, as the acting user may see them (people.list_groups)."""
+    return people.list_groups(url)
 
 
 def _image_text(disk_file: Any, kernel: Any, ramdisk: Any, cmdline: Any) -> None:

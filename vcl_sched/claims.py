@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, case, func, insert, select, type_coerce, update
+from sqlalchemy import String, and_, bindparam, case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import config, db, placement
+from . import acting, authz, config, db, placement
 from .audit import audit
 from .catalogue import user_ref
 from .errors import CapacityError, ConflictError, NotFoundError
@@ -414,5 +414,11 @@ def list_instances(url: str | None = None, include_all: bool = False) -> list[di
                  .join(Group, Group.id == Instance.group_id))
         if not include_all:
             query = query.where(Instance.state.in_((*HOLDS_CAPACITY, InstanceState.SUSPENDED)))
+        actor = acting.current()
+        if not actor.is_controller:
+            # People who are not the controller's admin see their own VMs; a teacher also their groups' seats.
+            actor = authz.fresh(session, actor)
+            if not actor.is_admin:
+                query = query.where(or_(Instance.user_id == actor.user_id, Group.owner_id == actor.user_id))
         return [instance_row(i, s, g) for i, s, g in session.execute(query.order_by(Instance.id))]
 

@@ -20,38 +20,31 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
-from . import __version__, bookings, config, db, service
+from . import __version__, acting, bookings, cli_people, config, db, people, service, sessions
 from .errors import ValidationError, VclError
 from .tables import (
+    EXIT_ERROR,
+    EXIT_NOT_SERVED,
+    EXIT_OK,
+    EXIT_USAGE,
     INST_COLUMNS,
     RES_COLUMNS,
     SLAVE_COLUMNS,
+    emit,
     fields,
     printable,
     request_text,
     reservation_text,
     table,
 )
-from .validate import MAX_TEXT, bounded, id_value, shown, text_problem, whole
+from .validate import MAX_TEXT, bounded, check_name, id_value, shown, text_problem, whole
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_SERVED = 0, 1, 2, 3
 AUDIT_LIMIT_MAX = 100_000
 # Arguments that are KEY=VALUE lists (checked item by item, naming the key) or handed on untouched.
 _NOT_TEXT_CHECKED = frozenset({"func", "assignments", "extra_vars", "rest"})
 
 
 # --- output (the formats themselves: tables.py) ------------------------------------------------------
-
-def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
-    if args.json:
-        try:
-            document = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
-        except ValueError as err:  # NaN or an infinity: every number is bounded, so this is a bug
-            raise VclError(f"output: a result is not valid JSON ({err}); this is a bug in vcl") from None
-        sys.stdout.write(document + "\n")
-    else:
-        print(text(data))
-
 
 # --- commands -----------------------------------------------------------------------------------
 
@@ -97,16 +90,6 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     updates = {key: value.strip() for key, value in _assignments(args.assignments, "settings").items()}
     result = service.configure(updates)
     emit(args, result, lambda _: "settings updated: " + ", ".join(sorted(updates)))
-    return EXIT_OK
-
-
-def cmd_group_add(args: argparse.Namespace) -> int:
-    emit(args, service.add_group(args.name, args.description), lambda g: f"group {g['name']} added (id {g['id']})")
-    return EXIT_OK
-
-
-def cmd_group_list(args: argparse.Namespace) -> int:
-    emit(args, service.list_groups(), lambda rows: table(rows, ("id", "name", "description")))
     return EXIT_OK
 
 
@@ -164,12 +147,78 @@ def cmd_reserve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         # Every field is checked here first: a bad one is refused naming it before any playbook starts.
         fields = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run"}
-        bookings.check_fields(start=args.start, seats=args.seats, disk_gb=getattr(args, "disk_gb", None), **fields)
+        bookings.check_fields(start=args.start, seats=args.seats, disk_gb=getattr(args, "disk_gb", None),
+                              prelaunch=args.prelaunch, **fields)
+        series = _series_args(args)
         extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
-        return _submit(args, "reserve", {**extravars, "start": args.start, "seats": args.seats})
-    result = service.reserve(start=args.start, seats=args.seats, **_request_kwargs(args))
+        return _submit(args, "reserve", {**extravars, **series, "start": args.start, "seats": args.seats,
+                                         "prelaunch": bool(args.prelaunch)})
+    series = _series_args(args)
+    if series:
+        result = sessions.reserve_series(start=args.start, seats=args.seats, prelaunch=args.prelaunch, **series,
+                                         **_request_kwargs(args))
+        emit(args, result, _series_text)
+        return EXIT_OK if result["accepted"] else EXIT_NOT_SERVED
+    result = service.reserve(start=args.start, seats=args.seats, prelaunch=args.prelaunch, **_request_kwargs(args))
     emit(args, result, reservation_text)
     return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
+
+
+def _series_args(args: argparse.Namespace) -> dict[str, Any]:
+    """--weekdays and --weeks together (a weekly session), checked here, or neither."""
+    if (args.weekdays is None) != (args.weeks is None):
+        raise ValidationError("weeks" if args.weeks is None else "weekdays",
+                              "a weekly session needs --weekdays and --weeks together")
+    if args.weekdays is None:
+        return {}
+    days = sessions.parse_weekdays(args.weekdays)
+    return {"weekdays": ",".join(sessions.WEEKDAYS[d] for d in days),
+            "weeks": whole("weeks", args.weeks, 1, sessions.MAX_WEEKS)}
+
+
+def _series_text(r: dict[str, Any]) -> str:
+    lines = [f"weekly series {r['series']}: {r['weekdays']} for {r['weeks']} week(s): {r['accepted']} accepted"
+             f" ({r['moved']} moved), {r['refused']} refused"]
+    for o in r["occurrences"]:
+        lines.append("  " + reservation_text(o))
+    return "\n".join(lines)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    result = sessions.cancel(reservation=args.reservation, series=args.series)
+    emit(args, result, lambda r: f"cancelled {', '.join(map(str, r['cancelled'])) or 'nothing'}"
+                                 + (f"; ending VMs {', '.join(map(str, r['ending']))} at the next dispatch"
+                                    if r["ending"] else ""))
+    return EXIT_OK
+
+
+def cmd_seat_take(args: argparse.Namespace) -> int:
+    if args.run:
+        extravars = {"reservation": str(id_value("reservation", args.reservation))}
+        if args.user is not None:
+            extravars["user"] = check_name("user", args.user)
+        return _submit(args, "seat", extravars)
+    result = sessions.take_seat(args.reservation, args.user)
+    emit(args, result, lambda r: f"seat {r['seat']} of session {r['reservation']} for {r['user']}: instance"
+                                 f" {r['id']} {r['state']} ({r['how']})"
+                                 + ("; launch it: vcl launch " + str(r["id"]) if r["state"] == "pending" else ""))
+    return EXIT_OK
+
+
+def cmd_session_show(args: argparse.Namespace) -> int:
+    result = sessions.session_view(args.reservation)
+
+    def text(v: dict[str, Any]) -> str:
+        r = v["reservation"]
+        head = (f"session {r['id']} of {v['group']}: {r['state']}, {r['start'] or r['requested_start']} → {r['end']},"
+                f" {r['seats']} seat(s) of {r['cores']} core(s) / {r['ram_mb']} MB, {v['running']} running")
+        waiting = f"\nmembers without a seat: {', '.join(v['members_without_seat'])}" if v["members_without_seat"] \
+            else ""
+        return head + "\n" + table(v["seats"], ("seat", "user", "id", "state", "slave", "public_ip", "ends_at")) \
+            + waiting
+
+    emit(args, result, text)
+    return EXIT_OK
 
 
 def cmd_request(args: argparse.Namespace) -> int:
@@ -249,6 +298,9 @@ def _run_text(run: dict[str, Any]) -> str:
 def _submit(args: argparse.Namespace, playbook: str, extravars: dict[str, Any]) -> int:
     from . import runner
 
+    actor = acting.current()
+    if not actor.is_controller:  # the playbook's database actions act as the logged-in user
+        extravars = {**extravars, "acting_user": actor.name}
     run = runner.run(playbook, extravars, project=args.project, inventory=args.inventory)
     emit(args, run.to_json(), _run_text)
     for failure in run.failures:
@@ -298,6 +350,9 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--now", default=argparse.SUPPRESS, metavar="'YYYY-MM-DD HH:MM'",
                         help="pretend the time is this (sets VCL_NOW)")
     common.add_argument("--db", default=argparse.SUPPRESS, metavar="URL", help="database URL (sets VCL_DB_URL)")
+    common.add_argument("--as", default=argparse.SUPPRESS, dest="as_user", metavar="USER",
+                        help="act as this lab user, with their role's rights (password from VCL_PASSWORD or a"
+                             " prompt); without it you act as the controller's admin")
     return common
 
 
@@ -305,9 +360,10 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--owner", required=True, help="the group that owns it (`vcl group add`)")
     p.add_argument("--cores", required=True)
     p.add_argument("--ram-mb", required=True, dest="ram_mb")
-    p.add_argument("--platform-value", required=True, dest="platform_value", help="PfV of the Para-scheduler")
-    p.add_argument("--register-as-slave", required=True, dest="register_as_slave", help="RAS: 0 or 1")
-    p.add_argument("--member", required=True, help="MON: 0 or 1")
+    p.add_argument("--platform-value", dest="platform_value",
+                   help="PfV of the Para-scheduler (admins only; default: the image's platform value)")
+    p.add_argument("--register-as-slave", default=0, dest="register_as_slave", help="RAS: 0 or 1 (default 0)")
+    p.add_argument("--member", help="MON: 0 or 1 (admins only; default: whether the user belongs to the group)")
     p.add_argument("--image", help="image name (`vcl image add`)")
     p.add_argument("--user", help="the requesting user (counts declined slave registrations)")
     p.add_argument("--dry-run", action="store_true", dest="dry_run", help="decide and show, write nothing")
@@ -340,11 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("set", cmd_config_set, "change settings: KEY=VALUE ... (e.g. booking.max_hours=4)", cfg)
     p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
 
-    grp = sub.add_parser("group", help="owner groups").add_subparsers(dest="sub", required=True)
-    p = add("add", cmd_group_add, "add a group", grp)
-    p.add_argument("name")
-    p.add_argument("--description", default="")
-    add("list", cmd_group_list, "list groups", grp)
+    cli_people.add_commands(sub, add)  # `vcl user ...` and `vcl group ...`
 
     slv = sub.add_parser("slave", help="the KVM hosts of the pool").add_subparsers(dest="sub", required=True)
     p = add("add", cmd_slave_add, "register a slave with its capacity", slv)
@@ -382,10 +434,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", required=True, help="'YYYY-MM-DD HH:MM', lab local time; with --run also"
                                                   " 'now' (best effort)")
     p.add_argument("--hours", required=True)
+    p.add_argument("--no-prelaunch", action="store_false", dest="prelaunch",
+                   help="start each seat when a member takes it (default: every seat runs when the window opens,"
+                        " started prelaunch_lead_minutes before)")
+    p.add_argument("--weekdays", help="a weekly session: on these days (mon,wed), at --start's time of day")
+    p.add_argument("--weeks", help="a weekly session: for this many weeks from --start's week (1..52)")
     p.add_argument("--run", action="store_true",
                    help="submit vcl.lab.reserve with these values (ansible-runner) instead of recording"
                         " the reservation directly")
     _run_options(p)
+
+    p = add("cancel", cmd_cancel, "cancel a session (a reservation) or every occurrence of a weekly series")
+    p.add_argument("reservation", nargs="?", help="the reservation's id")
+    p.add_argument("--series", help="cancel every occurrence of this series still to come or running")
+
+    seat = sub.add_parser("seat", help="seats of class sessions").add_subparsers(dest="sub", required=True)
+    p = add("take", cmd_seat_take, "take a seat of a running session (for yourself, or --user for a member)", seat)
+    p.add_argument("reservation", help="the session's reservation id")
+    p.add_argument("--user", help="the member who takes it (teachers and admins; default: you)")
+    p.add_argument("--run", action="store_true",
+                   help="run vcl.lab.seat: take it and launch its VM, then print how to reach it")
+    _run_options(p)
+    sess = sub.add_parser("session", help="class sessions").add_subparsers(dest="sub", required=True)
+    p = add("show", cmd_session_show, "a session's seats: who holds which VM, its state and address", sess)
+    p.add_argument("reservation", help="the session's reservation id")
 
     p = add("request", cmd_request, "a best-effort VM now: placement, or the preemption/wait answer")
     _request_options(p)
@@ -493,6 +565,18 @@ def check_arguments(args: argparse.Namespace) -> None:
                     raise ValidationError(dest, problem)
 
 
+def _login(name: str) -> acting.Actor:
+    """``--as USER``: the user's password from VCL_PASSWORD, else asked on the terminal; never an argument."""
+    import getpass
+
+    password = os.environ.get("VCL_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ValidationError("as", "set VCL_PASSWORD, or run on a terminal to be asked for the password")
+        password = getpass.getpass(f"password for {printable(name)}: ")
+    return people.authenticate(name, password)
+
+
 def _check_db_url(url: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -516,7 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ["VCL_DB_URL"] = args.db
         if os.environ.get("VCL_NOW"):
             config.now()  # a bad VCL_NOW is an error before anything runs
-        return int(args.func(args))
+        actor = _login(args.as_user) if getattr(args, "as_user", None) else None
+        with acting.acting(actor):
+            return int(args.func(args))
     except VclError as err:
         print(printable(f"vcl: {err}"), file=sys.stderr)
         return EXIT_ERROR

@@ -156,6 +156,31 @@ SYSTEM_DIRS = ("/dev", "/proc", "/sys", "/run", "/etc", "/boot", "/bin", "/sbin"
 IMAGE_STORE_RE = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9._+-]*)+$")
 
 
+LDAP_URL_RE = re.compile(r"^ldaps?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
+
+
+def check_ldap(url: Any, user_dn: Any) -> None:
+    """The LDAP settings: both empty (no directory), or a URL of a host (and port) and a DN template with
+    ``{user}`` once."""
+    for name, value in (("ldap_url", url), ("ldap_user_dn", user_dn)):
+        if not isinstance(value, str):
+            raise ValidationError(name, f"{shown(value)} is not text")
+        problem = text_problem(value, MAX_SETTING_TEXT)
+        if problem:
+            raise ValidationError(name, problem)
+    if bool(url) != bool(user_dn):
+        raise ValidationError("ldap_url" if not url else "ldap_user_dn",
+                              "set ldap_url and ldap_user_dn together (or neither)")
+    if url and not LDAP_URL_RE.match(url):
+        raise ValidationError("ldap_url", f"{shown(url)} is not ldap://HOST[:PORT] or ldaps://HOST[:PORT]")
+    if user_dn:
+        if user_dn.count("{user}") != 1 or user_dn.replace("{user}", "").count("{") \
+                or user_dn.replace("{user}", "").count("}"):
+            raise ValidationError("ldap_user_dn", f"{shown(user_dn)} must contain {{user}} once and no other braces")
+        if "=" not in user_dn:
+            raise ValidationError("ldap_user_dn", f"{shown(user_dn)} is not a DN like uid={{user}},dc=example")
+
+
 def parse_mac_prefix(value: str) -> str:
     parts = str(value).strip().lower().split(":")
     if len(parts) != 3 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
@@ -174,6 +199,7 @@ MAX_BOOKING_DAYS = 366  # lead_days and horizon_days: a year ahead at most
 MAX_BOOKING_HOURS = 24.0  # max_hours: a booking lies within one day
 MIN_MOVE_STEP_HOURS, MAX_MOVE_STEP_HOURS = 1 / 60, 24.0  # one minute .. one day
 MAX_SETTING_TEXT = 256  # pools, the policy's name, the MAC prefix
+MAX_PRELAUNCH_LEAD_MINUTES = 120
 
 
 @dataclass(frozen=True)
@@ -205,6 +231,7 @@ SETTING_BOUNDS: dict[str, _Bound] = {
     "platform_value_max": _Bound(False, 0.0, PLATFORM_VALUE_CEILING, low_open=True),
     "decline_limit": _Bound(True, 0, MAX_DECLINE_LIMIT),
     "launch_lease_minutes": _Bound(True, MIN_LAUNCH_LEASE_MINUTES, MAX_LAUNCH_LEASE_MINUTES, unit=" minutes"),
+    "prelaunch_lead_minutes": _Bound(True, 0, MAX_PRELAUNCH_LEAD_MINUTES, unit=" minutes"),
     "booking.lead_days": _Bound(True, 0, MAX_BOOKING_DAYS, unit=" days"),
     "booking.horizon_days": _Bound(True, 0, MAX_BOOKING_DAYS, unit=" days"),
     "booking.lookahead_max_hours": _Bound(True, 1, MAX_LOOKAHEAD_HOURS, unit=" hours"),
@@ -238,6 +265,14 @@ class Settings:
     lab_gateway: str = ""  # the LAN's router, an IPv4 address in lab_subnet (lab_gateway)
     vm_gateway: str = ""  # the VMs' gateway (the master's VM-side address), in vm_subnet (lab_vm_gateway)
     master_address: str = ""  # the master's lab address, without prefix
+    # A session's seats with prelaunch are started this long before its window opens, so the class finds them
+    # running at the bell.
+    prelaunch_lead_minutes: int = 10
+    # LDAP login (SPEC §7) for colleges with a directory: "" is none. ldap_url is ldap://HOST[:PORT] or
+    # ldaps://HOST[:PORT]; ldap_user_dn is the DN a user binds as, with {user} where the (escaped) login name goes,
+    # for example uid={user},ou=people,dc=college,dc=edu.
+    ldap_url: str = ""
+    ldap_user_dn: str = ""
     booking: BookingPolicy = field(default_factory=BookingPolicy)
 
     def to_json(self) -> dict[str, Any]:
@@ -367,6 +402,7 @@ def validate_settings(s: Settings) -> None:
         if problem:
             raise ValidationError(name, problem)
     check_image_store(s.image_store)
+    check_ldap(s.ldap_url, s.ldap_user_dn)
     if s.placement_policy not in POLICIES:
         raise ValidationError("placement_policy", f"{shown(s.placement_policy)}: choose one of {', '.join(POLICIES)}")
     parse_mac_prefix(s.mac_prefix)

@@ -26,3 +26,12 @@ class ConflictError(VclError):
 
 class CapacityError(VclError):
     """Not enough capacity or addresses; the message says which resource ran out."""
+
+
+class ForbiddenError(VclError):
+    """The acting user's role does not allow this (SPEC §7); the message says what and why, never more than the
+    user may know (a student asking for another's VM is told it is not theirs, not what it is)."""
+
+
+class AuthError(VclError):
+    """A login failed. The message never says whether the name or the password was wrong."""

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import config, db, imagepath, placement, promises
+from . import authz, config, db, imagepath, placement, promises
 from .audit import audit
 from .claims import (
     HOLDS_CAPACITY,
@@ -260,8 +260,9 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
             view = promises.view(session, now, lookahead)
             running = view.running()
         if inst.kind == InstanceKind.AR:
+            early = inst.reservation_id in _opening(session, now)
             decision = promises.choose_seat_slave(view, states, demand, inst.reservation_id, inst.seat, running,
-                                                  settings.placement_policy)
+                                                  settings.placement_policy, only_assigned=early)
         else:
             if inst.ends_at is not None:
                 max_hours = max(1, min(lookahead, math.ceil((inst.ends_at - now) / HOUR)))
@@ -465,10 +466,11 @@ def _queue_key(inst: Instance) -> tuple:
 
 
 def _new_seat(session: Session, res: Reservation, seat: int, at: datetime,
-              requeued_from: int | None = None) -> Instance:
+              requeued_from: int | None = None, user_id: int | None = None) -> Instance:
+    """A pending instance for seat ``seat`` of ``res``, held by ``user_id`` (None: nobody has taken it yet)."""
     image = session.get(Image, res.image_id) if res.image_id is not None else None
     inst = Instance(image_id=res.image_id, slave_id=None, reservation_id=res.id, group_id=res.group_id,
-                    user_id=res.user_id, cores=res.cores, ram_mb=res.ram_mb,
+                    user_id=user_id, cores=res.cores, ram_mb=res.ram_mb,
                     disk_gb=image.default_disk_gb if image else 0, state=InstanceState.PENDING,
                     kind=InstanceKind.AR, priority=res.priority, register_as_slave=res.register_as_slave,
                     seat=seat, ends_at=res.end, requeued_from=requeued_from, created_at=at, updated_at=at)
@@ -477,33 +479,52 @@ def _new_seat(session: Session, res: Reservation, seat: int, at: datetime,
     return inst
 
 
+def _seat_holders(session: Session, res: Reservation) -> list[int | None]:
+    """Who each prelaunched seat is handed to: the group's members in name order; a group without members gives
+    its one seat to whoever booked it (a reservation as it was before people had seats); the rest stay free
+    for whoever takes them."""
+    holders: list[int | None] = [uid for uid, _ in authz.members(session, res.group_id)]
+    if not holders and res.user_id is not None:
+        holders = [res.user_id]
+    return (holders + [None] * res.seats)[: res.seats]
+
+
 def start_due_reservations(now: datetime | None = None, url: str | None = None) -> list[dict[str, Any]]:
-    """Accepted reservations whose window has begun get one pending instance per seat (kind AR, ending with
-    the window) and become active; ones whose window passed unserved, and active ones whose window ended,
-    are done. One transaction."""
+    """Accepted reservations that are due become active: with ``prelaunch``, ``prelaunch_lead_minutes`` before
+    their window opens, each seat becomes a pending instance (kind AR, ending with the window) handed to a
+    member (:func:`_seat_holders`), so the class finds them running at the bell; without it, at the window's
+    start, with no instance: members take seats (``sessions.take_seat``). Ones whose window passed unserved,
+    and active ones whose window ended, are done. One transaction."""
     db.require_schema(url)
 
     def apply(session: Session) -> list[dict[str, Any]]:
         db.lock(session, "calendar")
         at = now or config.now()
+        lead = timedelta(minutes=db.load_settings(session).prelaunch_lead_minutes)
         started = []
         due = session.scalars(select(Reservation).where(Reservation.state == ReservationState.ACCEPTED,
-                                                        Reservation.start <= at).order_by(Reservation.id))
+                                                        Reservation.start <= at + lead).order_by(Reservation.id))
         for res in list(due):
-            assert res.end is not None
+            assert res.end is not None and res.start is not None
+            if not res.prelaunch and res.start > at:
+                continue
             if res.end <= at:
                 res.state = ReservationState.DONE
                 res.reason = (res.reason + "; " if res.reason else "") + "its window passed before a dispatch ran"
                 audit(session, "reservation", res.id, "expired", {"state": "accepted"}, {"state": "done"})
                 continue
-            ids = [_new_seat(session, res, n, at).id for n in range(res.seats)]
+            seats = [_new_seat(session, res, n, at, user_id=holder)
+                     for n, holder in enumerate(_seat_holders(session, res))] if res.prelaunch else []
+            ids = [inst.id for inst in seats]
             res.state = ReservationState.ACTIVE
             audit(session, "reservation", res.id, "active", {"state": "accepted"},
-                  {"state": "active", "instances": ids})
-            for iid in ids:
-                audit(session, "instance", iid, "queued", None, {"reservation": res.id, "kind": "AR"})
-            started.append({"reservation": res.id, "id": ids[0], "ids": ids, "seats": res.seats, "cores": res.cores,
-                            "ends_at": iso(res.end)})
+                  {"state": "active", "instances": ids, "prelaunch": bool(res.prelaunch)})
+            for inst in seats:
+                audit(session, "instance", inst.id, "queued", None,
+                      {"reservation": res.id, "kind": "AR", "seat": (inst.seat or 0) + 1, "user_id": inst.user_id})
+            started.append({"reservation": res.id, "id": ids[0] if ids else None, "ids": ids, "seats": res.seats,
+                            "cores": res.cores, "opens": iso(res.start), "ends_at": iso(res.end),
+                            "prelaunch": bool(res.prelaunch)})
         ended = session.scalars(select(Reservation).where(Reservation.state == ReservationState.ACTIVE,
                                                           Reservation.end <= at))
         for res in list(ended):
@@ -512,6 +533,15 @@ def start_due_reservations(now: datetime | None = None, url: str | None = None) 
         return started
 
     return db.write(apply, url)
+
+
+def _opening(session: Session, at: datetime) -> dict[int, datetime]:
+    """Reservations whose seats were prelaunched and whose window has not opened yet: id → opening time. Until
+    then a seat runs only on the slave its block's placement assigns it (the rest of the pool may be promised to
+    other blocks until their windows end)."""
+    rows = session.execute(select(Reservation.id, Reservation.start).where(
+        Reservation.state == ReservationState.ACTIVE, Reservation.start > at))
+    return {rid: start for rid, start in rows}
 
 
 def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[str, Any]:
@@ -527,6 +557,8 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
        lease) are left to it.
     3. ``resume``: suspended VMs whose slave has room again until their end, most important first, unless
        a more important instance still waits.
+
+    ``lanes`` groups ``launch`` by the slave each is planned on (slave name → ids in order).
     """
     db.require_schema(url)
     at = now or config.now()
@@ -538,7 +570,13 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
             Instance.state.in_((InstanceState.PENDING, InstanceState.RUNNING, InstanceState.SUSPENDED)))
             .order_by(Instance.id)).all()
         plan: dict[str, Any] = {"at": iso(at), "stop": [], "suspend": [], "launch": [], "resume": [],
-                                "wait": [], "notes": []}
+                                "wait": [], "notes": [], "lanes": {}}
+
+        def lane(iid: int, slave: str) -> None:
+            # Launches grouped by the slave they are planned on, in order: dispatch.yml runs the lanes side by
+            # side (one per slave) and each lane's launches one after another. A launch still claims its slave
+            # itself (place), so a lane is where it is expected to go, not a claim.
+            plan["lanes"].setdefault(slave, []).append(iid)
 
         def freed(slave_id: int | None, cores: int, ram: int, disk: int) -> None:
             if slave_id in states:
@@ -576,6 +614,7 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
                 view.ledger.remove(("vm", inst.id, str(inst.kind), inst.priority))
         victims: set[int] = set()
         first_waiting: tuple | None = None
+        opening = _opening(session, at)
         for inst in sorted((i for i in alive if i.state == InstanceState.PENDING), key=_queue_key):
             if _leased(inst, at):
                 assert inst.lease_until is not None
@@ -584,13 +623,15 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
             claimed = states.get(inst.slave_id) if inst.slave_id is not None and inst.mac else None
             if claimed is not None and claimed.status == "up" and inst.id not in reclaim:
                 plan["launch"].append(inst.id)  # claimed when it was accepted: launched as it is
+                lane(inst.id, claimed.name)
                 continue
             demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)
             candidates = [vm for vm in running if vm.id not in victims]
             slaves = list(states.values())
             if inst.kind == InstanceKind.AR:
                 decision = promises.choose_seat_slave(view, slaves, demand, inst.reservation_id, inst.seat,
-                                                      candidates, settings.placement_policy)
+                                                      candidates, settings.placement_policy,
+                                                      only_assigned=inst.reservation_id in opening)
             else:
                 max_hours = min(lookahead, inst.hours or lookahead)
                 decision = promises.choose_best_effort(view, slaves, demand, inst.priority, max_hours,
@@ -609,6 +650,7 @@ def dispatch_plan(now: datetime | None = None, url: str | None = None) -> dict[s
                     view.ledger.add(decision.slave.id, at, inst.ends_at, inst.cores, inst.ram_mb,
                                     ("vm", inst.id, InstanceKind.AR, inst.priority))
                 plan["launch"].append(inst.id)
+                lane(inst.id, decision.slave.name)
                 if decision.victims:
                     plan["notes"].append(f"#{inst.id}: {decision.reason}")
             else:
@@ -662,7 +704,7 @@ def _requeue(session: Session, inst: Instance, now: datetime, lookahead: int) ->
         res = session.get(Reservation, inst.reservation_id) if inst.reservation_id is not None else None
         if res is None or res.state != ReservationState.ACTIVE or res.end is None or res.end <= now:
             return None
-        return _new_seat(session, res, inst.seat or 0, now, root)
+        return _new_seat(session, res, inst.seat or 0, now, root, user_id=inst.user_id)
     if inst.ends_at is not None and inst.ends_at <= now:
         return None
     left = math.ceil((inst.ends_at - now) / HOUR) if inst.ends_at is not None else (inst.hours or 1)

@@ -62,6 +62,17 @@ class InstanceKind(enum.StrEnum):
     AR = "AR"  # advance reservation
 
 
+class UserRole(enum.StrEnum):
+    ADMIN = "admin"  # the lab: everything
+    TEACHER = "teacher"  # books sessions for the groups they own, manages their members, sees their seats
+    STUDENT = "student"  # uses seats of their groups, requests best-effort VMs, sees only their own VMs
+
+
+class AuthSource(enum.StrEnum):
+    LOCAL = "local"  # an Argon2 hash in users.password_hash
+    LDAP = "ldap"  # a bind to the college's directory (settings ldap_url, ldap_user_dn)
+
+
 class ReservationState(enum.StrEnum):
     ACCEPTED = "accepted"
     REFUSED = "refused"
@@ -82,6 +93,8 @@ class Group(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Migration 0004: the teacher who owns the group (books its sessions, manages its members); None: admins only.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
 
 
 class User(Base):
@@ -92,6 +105,13 @@ class User(Base):
     declines: Mapped[int] = mapped_column(Integer, default=0)
     registered_slave: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Migration 0004: people (SPEC §7). A user named in a request for the first time is a student without a
+    # password: they cannot log in until an admin sets one (or LDAP knows them).
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole, "user_role"), default=UserRole.STUDENT,
+                                           server_default=UserRole.STUDENT.value)
+    auth: Mapped[AuthSource] = mapped_column(_enum(AuthSource, "auth_source"), default=AuthSource.LOCAL,
+                                             server_default=AuthSource.LOCAL.value)
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)  # Argon2id, never printed or logged
 
 
 class Membership(Base):
@@ -141,11 +161,30 @@ class Image(Base):
     default_ram_mb: Mapped[int] = mapped_column(Integer, default=512)
     default_disk_gb: Mapped[int] = mapped_column(Integer, default=2)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Migration 0004: PfV of requests for this image made by people who are not admins (SPEC §3), set by admins;
+    # used within 0..platform_value_max.
+    platform_value: Mapped[float] = mapped_column(Float, default=5.0, server_default="5")
+
+
+class Series(Base):
+    """A weekly session (SPEC §4): the reservations with this ``series_id`` are its occurrences, each admitted
+    by the same rules as a single booking."""
+
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    weekdays: Mapped[str] = mapped_column(String(32))  # "mon,wed"
+    weeks: Mapped[int] = mapped_column(Integer)
+    first_start: Mapped[datetime] = mapped_column(DateTime)
+    hours: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Reservation(Base):
     __tablename__ = "reservations"
-    __table_args__ = (Index("ix_reservations_state_start", "state", "start"),)
+    __table_args__ = (Index("ix_reservations_state_start", "state", "start"),
+                      Index("ix_reservations_series_id", "series_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
@@ -165,11 +204,25 @@ class Reservation(Base):
     state: Mapped[ReservationState] = mapped_column(_enum(ReservationState, "reservation_state"))
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # Migration 0004: every seat is started ``prelaunch_lead_minutes`` before the window opens (1), or when a
+    # member takes it (0); an occurrence of a weekly series.
+    prelaunch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True)
+
+
+# A live seat is an AR instance that is pending, running or suspended. One member holds at most one live seat of a
+# reservation, and a seat number is live at most once: the database refuses a second, whatever the code does.
+LIVE_SEAT = text("state IN ('pending', 'running', 'suspended') AND reservation_id IS NOT NULL")
 
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_state", "state"), Index("ix_instances_reservation_id", "reservation_id"))
+    __table_args__ = (Index("ix_instances_state", "state"), Index("ix_instances_reservation_id", "reservation_id"),
+                      Index("uq_instances_live_seat", "reservation_id", "seat", unique=True,
+                            sqlite_where=LIVE_SEAT, postgresql_where=LIVE_SEAT),
+                      Index("uq_instances_seat_holder", "reservation_id", "user_id", unique=True,
+                            sqlite_where=text(f"{LIVE_SEAT.text} AND user_id IS NOT NULL"),
+                            postgresql_where=text(f"{LIVE_SEAT.text} AND user_id IS NOT NULL")))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)
     slave_id: Mapped[int | None] = mapped_column(ForeignKey("slaves.id"), nullable=True)

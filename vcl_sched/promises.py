@@ -270,10 +270,12 @@ def choose_best_effort(v: View, states: Sequence[placement.SlaveState], demand: 
 
 def choose_seat_slave(v: View, states: Sequence[placement.SlaveState], demand: placement.Demand,
                       reservation: int | None, seat: int | None, running: Sequence[preempt.RunningVM],
-                      policy: str, exclude: frozenset[int] = frozenset()) -> Decision:
+                      policy: str, exclude: frozenset[int] = frozenset(), only_assigned: bool = False) -> Decision:
     """Where a reserved seat runs: its assigned slave, suspending best-effort VMs there as needed (any
     priority); if the pool lost the capacity its assignment counted on, any slave where it fits or
-    where suspending best-effort VMs makes room."""
+    where suspending best-effort VMs makes room. A seat prelaunched before its window opens
+    (``only_assigned``) runs only on its assigned slave: elsewhere the cores may be promised to other blocks
+    until then."""
     by_id = {s.id: s for s in states}
     target = v.seat_slave(reservation, seat)
     if target is not None and target not in exclude and target in by_id and by_id[target].status == "up":
@@ -293,6 +295,9 @@ def choose_seat_slave(v: View, states: Sequence[placement.SlaveState], demand: p
             names = ", ".join(f"#{vm.id}" for vm in victims)
             return Decision("suspend", slave, 0, tuple(victims),
                             f"reserved seat on {slave.name}: suspending best-effort VM(s) {names}")
+    if only_assigned:
+        where = by_id[target].name if target in by_id else "its slave"
+        return Decision("wait", reason=f"prelaunched seat: {where} has no room for it before the window opens")
     others = [s for s in states if s.id not in exclude]
     pre = preempt.plan(others, demand, math.inf, [vm for vm in running if vm.kind == InstanceKind.BE], policy)
     if pre.action == "place" and pre.slave is not None:

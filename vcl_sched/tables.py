@@ -3,8 +3,13 @@ summary of a reservation or a request. With ``--json`` the CLI prints the data i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from .errors import VclError
 
 SLAVE_COLUMNS = ("name", "address", "status", "cores_used", "cores_total", "ram_mb_used", "ram_mb_total",
                  "disk_gb_used", "disk_gb_total")
@@ -84,3 +89,19 @@ def request_text(r: dict[str, Any]) -> str:
     if r.get("explain"):
         lines.append(f"  placement: {r['explain']}")
     return "\n".join(lines)
+
+
+# --- what every `vcl` command prints, and its exit codes (cli.py and cli_people.py) --------------------------
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_SERVED = 0, 1, 2, 3
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    if args.json:
+        try:
+            document = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
+        except ValueError as err:  # NaN or an infinity: every number is bounded, so this is a bug
+            raise VclError(f"output: a result is not valid JSON ({err}); this is a bug in vcl") from None
+        sys.stdout.write(document + "\n")
+    else:
+        print(text(data))

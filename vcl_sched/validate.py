@@ -267,3 +267,15 @@ def slave_status(value: Any) -> SlaveStatus:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat(sep=" ", timespec="minutes") if value is not None else None
+
+
+def flag_value(field: str, value: Any) -> int:
+    """A yes/no option (``prelaunch``): True/False, 0/1, or the strings "true"/"false"/"0"/"1" as Ansible and
+    the command line give them; 0 or 1."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
+        return 1 if value.strip().lower() in ("1", "true") else 0
+    raise ValidationError(field, f"must be true or false, got {shown(value)}")

@@ -20,7 +20,7 @@ from ansible.utils.unsafe_proxy import wrap_var
 from ansible.utils.vars import load_extra_vars
 
 KINDS = ["id", "ids", "name", "cores", "ram_mb", "disk_gb", "hours", "seats", "number", "flag", "bool", "start",
-         "attempts", "seconds", "path"]  # fmt: skip
+         "attempts", "seconds", "path", "weekdays", "weeks"]  # fmt: skip
 ARGUMENT_SPEC = {
     "fields": {"type": "dict", "required": True},
     "required": {"type": "list", "elements": "str", "default": []},
@@ -74,6 +74,14 @@ def check(field: str, kind: str, value: Any) -> None:
         if value.strip() != "now":
             v.text_value(field, value, 64)
             parse_datetime(value, field)
+    elif kind == "weekdays":
+        from vcl_sched.sessions import parse_weekdays
+
+        parse_weekdays(value if isinstance(value, str | list) else v.shown(value))
+    elif kind == "weeks":
+        from vcl_sched.sessions import MAX_WEEKS
+
+        v.whole(field, value, 1, MAX_WEEKS)
     elif kind == "attempts":
         v.whole(field, value, 1, 3)
     elif kind == "seconds":

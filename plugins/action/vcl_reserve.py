@@ -15,13 +15,17 @@ ARGUMENT_SPEC = {
     "db_url": {"type": "str"},
     "owner": {"type": "str", "required": True},
     "user": {"type": "str"},
+    "acting_user": {"type": "str"},
     "cores": {"type": "raw", "required": True},
     "ram_mb": {"type": "raw", "required": True},
     "hours": {"type": "raw", "required": True},
     "start": {"type": "str", "default": "now"},
-    "platform_value": {"type": "raw", "default": 5},
+    "platform_value": {"type": "raw"},
     "register_as_slave": {"type": "raw", "default": 0},
-    "member": {"type": "raw", "default": 0},
+    "member": {"type": "raw"},
+    "prelaunch": {"type": "bool", "default": True},
+    "weekdays": {"type": "str"},
+    "weeks": {"type": "raw"},
     "image": {"type": "str"},
     "disk_gb": {"type": "raw"},
     "seats": {"type": "raw", "default": 1},
@@ -44,12 +48,22 @@ class ActionModule(VclControllerAction):
         if start.lower() == "now":
             if str(args["seats"]).strip() not in ("1", ""):
                 raise AnsibleActionFail("seats: a best-effort request (start=now) is one VM; book seats with a start")
+            if args["weekdays"] is not None or args["weeks"] is not None:
+                raise AnsibleActionFail("weekdays: a best-effort request (start=now) does not recur; give a start")
             result = service.request(disk_gb=args["disk_gb"], **common)
             kind = "BE"
         else:
             if args["disk_gb"] is not None:
                 raise AnsibleActionFail("disk_gb: only a best-effort request (start=now) takes a disk size;"
                                         " a reservation uses the image's")
-            result = service.reserve(start=start, seats=args["seats"], **common)
+            if (args["weekdays"] is None) != (args["weeks"] is None):
+                raise AnsibleActionFail("weeks: a weekly session needs weekdays and weeks together")
+            if args["weekdays"] is not None:
+                from vcl_sched import sessions
+
+                series = sessions.reserve_series(start=start, seats=args["seats"], prelaunch=args["prelaunch"],
+                                                 weekdays=args["weekdays"], weeks=args["weeks"], **common)
+                return {"changed": series["series"] is not None, "result": series, "kind": "series"}
+            result = service.reserve(start=start, seats=args["seats"], prelaunch=args["prelaunch"], **common)
             kind = "AR"
         return {"changed": result.get("id") is not None, "result": result, "kind": kind}

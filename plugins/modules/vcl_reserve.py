@@ -27,7 +27,13 @@ options:
     type: str
     required: true
   user:
-    description: The user asking (created on first use and added to the owner group).
+    description: The user the request is for (created on first use; membership is the group's business).
+    type: str
+  acting_user:
+    description:
+      - The lab user on whose behalf the request is made (the portal or C(vcl --as) pass who logged in); their
+        role is checked (a teacher books for the groups they own, a student requests for themselves in their
+        groups). Left out, the controller's user acts, as the lab's admin.
     type: str
   cores:
     description: vCPUs (of each seat, for a reservation).
@@ -53,17 +59,31 @@ options:
     type: str
     default: now
   platform_value:
-    description: The platform value PfV of the priority function.
+    description:
+      - The platform value PfV of the priority function; left out, the image's platform value (5 without an image).
+      - Admins only (an override within 0..platform_value_max).
     type: raw
-    default: 5
   register_as_slave:
     description: Whether the client joins the pool as a slave (0 or 1).
     type: raw
     default: 0
   member:
-    description: Whether the owner is a member (0 or 1).
+    description:
+      - MON, whether the user belongs to the owner group (0 or 1); left out, derived from the membership.
+      - Admins only (an override).
     type: raw
-    default: 0
+  prelaunch:
+    description:
+      - A reservation's seats all start C(prelaunch_lead_minutes) before its window opens, handed to the group's
+        members (true), or each when a member takes it (false, C(vcl.lab.seat)).
+    type: bool
+    default: true
+  weekdays:
+    description: A weekly session on these days (C(mon,wed)) at O(start)'s time; needs O(weeks).
+    type: str
+  weeks:
+    description: A weekly session for this many weeks (1..52) from O(start)'s week; needs O(weekdays).
+    type: raw
   image:
     description: The image to run (C(vcl image list)).
     type: str
@@ -98,7 +118,8 @@ result:
   description: >-
     The scheduler's answer. Best effort: id, decision (place, suspend, wait, refused), priority, slave, MAC and
     addresses when placed, hours granted, reason. Reservation: id, state (accepted, refused), priority, start, end,
-    rescheduled, reason, moved (other reservations moved later).
+    rescheduled, reason, moved (other reservations moved later), prelaunch, series. A weekly session: series,
+    occurrences (one reservation answer each, a refused one with its reason), accepted, moved, refused.
   returned: success
   type: dict
 kind:

@@ -7,6 +7,10 @@ where the vcl_sched package is installed next to Ansible, whatever host the task
 its arguments (``ARGUMENT_SPEC``, the same as its documentation in plugins/modules/<name>.py) and implements
 ``work(args, check_mode)``, which returns the task's result; a ``VclError`` from vcl_sched fails the task with
 its one-line message (which starts with the field at fault) and the field as ``field``.
+
+An action whose spec has ``acting_user`` runs on behalf of that lab user (``vcl_sched.acting``): the portal and
+``vcl --as`` pass who logged in, and the service layer checks that user's role. Without it the controller's
+user acts, as the lab's admin (whoever runs ansible-playbook here holds the database anyway).
 """
 
 from __future__ import annotations
@@ -59,7 +63,14 @@ class VclControllerAction(ActionBase):
         try:
             # Each task runs in a worker forked from ansible-playbook, which may hold pooled connections to the
             # same database (the vcl_slaves inventory plugin): vcl_sched.db gives a forked child pools of its own.
-            result.update(self.work(args, bool(self._task.check_mode)))
+            if args.get("acting_user"):
+                # Who the portal or `vcl --as` logged in: the database actions check that user's role.
+                from vcl_sched import acting, people
+
+                with acting.acting(people.actor_for(args["acting_user"])):
+                    result.update(self.work(args, bool(self._task.check_mode)))
+            else:
+                result.update(self.work(args, bool(self._task.check_mode)))
         except VclError as err:
             result.update(failed=True, msg=str(err), field=getattr(err, "field", None))
         return wrap_var(result)  # what the database holds is data, never a template

@@ -60,6 +60,7 @@ class Inst:
     lease_owner: str | None
     lease_until: datetime | None
     ends_at: datetime | None
+    user_id: int | None = None
 
     @property
     def addresses(self) -> tuple[str | None, str | None, str | None]:
@@ -82,6 +83,7 @@ class Res:
     start: datetime | None
     end: datetime | None
     hours: float = 0
+    prelaunch: int = 1  # 0: a seat runs once a member takes it
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,11 @@ def snapshot(url: str, now: datetime) -> Snap:
     with db.read(url) as s:
         slaves = [Host(r.id, r.name, str(r.status), r.cores_total, r.cores_used, r.ram_mb_total, r.ram_mb_used,
                        r.disk_gb_total, r.disk_gb_used) for r in s.scalars(select(Slave).order_by(Slave.id))]
-        reservations = [Res(r.id, str(r.state), r.seats, r.cores, r.ram_mb, r.start, r.end, r.hours)
+        reservations = [Res(r.id, str(r.state), r.seats, r.cores, r.ram_mb, r.start, r.end, r.hours, r.prelaunch)
                         for r in s.scalars(select(Reservation).order_by(Reservation.id))]
         instances = [Inst(i.id, str(i.state), str(i.kind), i.slave_id, i.reservation_id, i.seat, i.cores, i.ram_mb,
                           i.disk_gb, i.mac, i.private_ip, i.public_ip, i.priority, i.lease_owner, i.lease_until,
-                          i.ends_at) for i in s.scalars(select(Instance).order_by(Instance.id))]
+                          i.ends_at, i.user_id) for i in s.scalars(select(Instance).order_by(Instance.id))]
         pairs = [Pair(p.id, p.private_ip, p.public_ip, p.instance_id, p.mac, p.stale_instance)
                  for p in s.scalars(select(AddressPair).order_by(AddressPair.id))]
         committed: dict[int, int] = {}
@@ -342,6 +344,20 @@ def expired_after_dispatch(snap: Snap) -> list[str]:
 
 # --- 3. and 6. reservations are promises -------------------------------------------------------------
 
+def one_seat_per_member(snap: Snap) -> list[str]:
+    """A member holds at most one live seat of a reservation."""
+    seen: dict[tuple[int | None, int], int] = {}
+    bad = []
+    for i in snap.live():
+        if i.kind != "AR" or i.user_id is None:
+            continue
+        key = (i.reservation_id, i.user_id)
+        if key in seen:
+            bad.append(f"user {i.user_id} holds two seats of reservation {i.reservation_id}: {seen[key]} and {i.id}")
+        seen[key] = i.id
+    return bad
+
+
 def one_instance_per_seat(snap: Snap) -> list[str]:
     seen: dict[tuple[int | None, int | None], int] = {}
     bad = []
@@ -365,7 +381,10 @@ def seats_not_running(snap: Snap, skip_seats: set[tuple[int, int]]) -> list[str]
         if r.state != "active":
             bad.append(f"reservation {r.id} ({r.start:%H:%M}-{r.end:%H:%M}) is {r.state} at {snap.now:%H:%M}")
             continue
-        missing = [n for n in range(r.seats) if (r.id, n) not in skip_seats and (r.id, n) not in running]
+        # A seat of a session without prelaunch runs once a member has taken it (it has a live instance).
+        taken = {i.seat for i in snap.live() if i.kind == "AR" and i.reservation_id == r.id}
+        missing = [n for n in range(r.seats) if (r.id, n) not in skip_seats and (r.id, n) not in running
+                   and (r.prelaunch or n in taken)]
         if missing:
             states = {(i.seat, i.id): i.state for i in snap.instances if i.reservation_id == r.id}
             bad.append(f"reservation {r.id} ({r.seats} x {r.cores} cores, {r.start:%H:%M}-{r.end:%H:%M}):"

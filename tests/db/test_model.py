@@ -83,13 +83,14 @@ from model_support import (
     expired_after_dispatch,
     master_reuse,
     one_instance_per_seat,
+    one_seat_per_member,
     reset,
     seat_waits_behind_best_effort,
     seats_not_running,
     snapshot,
 )
 
-from vcl_sched import claims, lifecycle, service, simulate
+from vcl_sched import claims, lifecycle, people, service, sessions, simulate
 from vcl_sched.errors import CapacityError, ConflictError
 
 FIRST = datetime(2026, 11, 23, 8, 0)  # a Monday; reservations are booked today or tomorrow (lead_days 0)
@@ -112,6 +113,9 @@ SETTINGS = {
 
 def clock(moment: datetime) -> None:
     os.environ["VCL_NOW"] = moment.strftime("%Y-%m-%d %H:%M")
+
+
+MEMBERS = ("m1", "m2", "m3", "m4", "m5")
 
 
 class LabModel(RuleBasedStateMachine):
@@ -224,6 +228,7 @@ class LabModel(RuleBasedStateMachine):
         service.configure({"private_pool": "10.77.1.16-10.77.1.215", "public_pool": "10.77.0.16-10.77.0.215",
                            "booking.lead_days": "0"}, self.url)
         service.add_group("cs", url=self.url)
+        people.add_members("cs", MEMBERS, url=self.url, create=True)  # prelaunched seats are handed to them
         for n, c in enumerate(cores, 1):
             service.add_slave(f"s{n}", f"10.77.0.{n}", c, c * 2048, 100, url=self.url)
             self.names.append(f"s{n}")
@@ -242,7 +247,34 @@ class LabModel(RuleBasedStateMachine):
         self._step("reserve_again")
         self._reserve(**kw)
 
-    def _reserve(self, seats, cores, ram, day, offset, hours, pv, ras, mon) -> None:
+    @rule(seats=st.integers(1, 4), cores=st.integers(1, 4), ram=RAM, day=st.integers(0, 1),
+          offset=OFFSET, hours=st.integers(1, 4), pv=st.integers(0, 10),
+          ras=st.integers(0, 1), mon=st.integers(0, 1))
+    def reserve_on_demand(self, **kw) -> None:  # a session whose seats start when members take them
+        self._step("reserve_on_demand")
+        self._reserve(**kw, prelaunch=False)
+
+    @rule(data=st.data())
+    def take_seat(self, data) -> None:
+        """A member takes a seat of an active session (any member, whatever seats are left): a seat they hold
+        already, a new one, or a refusal when every seat is taken; then a launch tries it as a seat's launch would."""
+        active = [r for r in self._snap().reservations if r.state == "active"]
+        if not active:
+            return
+        self._step("take_seat")
+        r = data.draw(st.sampled_from(active))
+        for member in data.draw(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=5)):  # a class arrives
+            try:
+                seat = sessions.take_seat(r.id, member, url=self.url)
+            except ConflictError as err:
+                STEPS[self.backend]["take_seat.refused"] += 1
+                assert "seats of session" in str(err) or "is done" in str(err) or "opens at" in str(err), err
+                continue
+            STEPS[self.backend][f"take_seat.{seat['how'].replace(' ', '_')}"] += 1
+            again = sessions.take_seat(r.id, member, url=self.url)
+            assert again["id"] == seat["id"] and again["changed"] is False, (seat, again)
+
+    def _reserve(self, seats, cores, ram, day, offset, hours, pv, ras, mon, prelaunch=True) -> None:
         """``day`` 0: ``offset`` whole hours after the next whole hour (from 09:00), so that it starts while the
         model runs; 1: tomorrow, ``offset`` hours after 09:00. Inside 09:00–17:00, at most 4 hours."""
         today = datetime.combine(self.now.date(), datetime.min.time())
@@ -253,7 +285,7 @@ class LabModel(RuleBasedStateMachine):
         hours = min(hours, 17 - start.hour)
         pool = sum(h.cores_total for h in self._snap().slaves)
         out = service.reserve(owner="cs", seats=seats, cores=cores, ram_mb=ram, start=start, hours=hours,
-                              platform_value=pv, register_as_slave=ras, member=mon, url=self.url)
+                              platform_value=pv, register_as_slave=ras, member=mon, prelaunch=prelaunch, url=self.url)
         assert out["state"] in ("accepted", "refused"), out
         STEPS[self.backend][f"reserve.{out['state']}"] += 1
         if out["state"] == "refused":
@@ -531,6 +563,7 @@ class LabModel(RuleBasedStateMachine):
         checks = {"1 policy": bookings_in_policy(snap), "2 claims": claims_consistent(snap),
                   "2 ended": ended_hold_nothing(snap), "2 master": master_reuse(snap, self.master),
                   "5 ends": ends_set(snap), "5 seats": one_instance_per_seat(snap),
+                  "5 members": one_seat_per_member(snap),
                   "7 look-ahead": best_effort_in_reserved_cores(snap, self.user_resumed)}
         if self.after_dispatch:
             checks["4 expired"] = expired_after_dispatch(snap)

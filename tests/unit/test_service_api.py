@@ -71,7 +71,7 @@ def test_the_facade_only_reexports_and_keeps_every_public_name():
         "request": ["owner", "cores", "ram_mb", "hours", "platform_value", "register_as_slave", "member", "disk_gb",
                     "image", "user", "dry_run", "explain", "url"],
         "reserve": ["owner", "cores", "ram_mb", "start", "hours", "platform_value", "register_as_slave", "member",
-                    "image", "user", "seats", "dry_run", "url"],
+                    "image", "user", "seats", "prelaunch", "series_id", "dry_run", "url"],
         "ensure_image": ["name", "disk_file", "description", "kernel", "ramdisk", "cmdline", "cores", "ram_mb",
                          "disk_gb", "url"],
         "commit_claim": ["plan", "url"],
