@@ -105,11 +105,22 @@ def check_session(q: Any, actor: Actor, group_id: int, group: str, *, change: bo
     raise ForbiddenError(f"reservation: {actor.name} may not {what} the sessions of group {group}")
 
 
-def check_instance(actor: Actor, owner_id: int | None, group_owner: int | None) -> None:
-    """Acting on (or seeing) one VM: its owner, the teacher of its group (not its console), admins."""
-    if actor.role == ADMIN or (actor.user_id is not None and actor.user_id in (owner_id, group_owner)):
+def check_instance(q: Any, actor: Actor, owner_id: int | None, group_id: int) -> None:
+    """Acting on (or seeing) one VM: its owner, the teacher of its group, admins."""
+    actor = fresh(q, actor)
+    if actor.role == ADMIN or (actor.user_id is not None and actor.user_id == owner_id) \
+            or (actor.role == TEACHER and owns(q, actor, group_id)):
         return
     raise ForbiddenError(f"id: not a VM of {actor.name}")
+
+
+def require_admin(q: Any, what: str) -> None:
+    """The lab's own settings, slaves and images: admins only (the controller's user is one)."""
+    from .acting import current
+
+    actor = fresh(q, current())
+    if actor.role != ADMIN:
+        raise ForbiddenError(f"{what}: only the lab's admins may do this ({actor.name} is a {actor.role})")
 
 
 def priority_inputs(q: Any, actor: Actor, group_id: int, image_id: int | None, user_id: int | None,

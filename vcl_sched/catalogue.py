@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from . import config, db, imagepath, people
+from . import authz, config, db, imagepath, people
 from .audit import audit
 from .errors import ConflictError, NotFoundError, ValidationError
 from .models import AddressPair, Group, Image, Membership, Slave, User
-from .validate import check_name, cores_value, disk_value, iso, ram_value, slave_input, slave_status
+from .priority import PLATFORM_VALUE_CEILING
+from .validate import bounded, check_name, cores_value, disk_value, iso, ram_value, slave_input, slave_status
 
 # --- rows created with their audit row; lookups inside other writers' transactions (bookings, claims) ---
 
@@ -109,6 +110,7 @@ def configure(updates: dict[str, str], url: str | None = None) -> dict[str, Any]
     _known_keys(updates)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "config")
         db.lock(session, "addresses")
         current = db.load_settings(session)
         new = merged_settings(current, updates)
@@ -223,15 +225,16 @@ def _image_text(disk_file: Any, kernel: Any, ramdisk: Any, cmdline: Any) -> None
 
 def add_image(name: str, disk_file: str, *, description: str = "", kernel: str | None = None,
               ramdisk: str | None = None, cmdline: str | None = None, cores: Any = 1, ram_mb: Any = 512,
-              disk_gb: Any = 2, url: str | None = None) -> dict[str, Any]:
+              disk_gb: Any = 2, platform_value: Any = 5, url: str | None = None) -> dict[str, Any]:
     name = check_name("name", name)
     # The files' shape first (no database needed); where they lie is checked against the store in the transaction.
     _image_text(disk_file, kernel, ramdisk, cmdline)
     values = {"default_cores": cores_value("cores", cores), "default_ram_mb": ram_value("ram_mb", ram_mb, 16),
-              "default_disk_gb": disk_value("disk_gb", disk_gb)}
+              "default_disk_gb": disk_value("disk_gb", disk_gb), "platform_value": _pfv(platform_value)}
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "image")
         imagepath.image_files(db.load_settings(session).image_store, disk_file, kernel, ramdisk)
         if session.scalar(select(Image.id).where(Image.name == name)) is not None:
             raise ConflictError(f"name: an image named {name!r} exists already")
@@ -244,17 +247,19 @@ def add_image(name: str, disk_file: str, *, description: str = "", kernel: str |
 
 def ensure_image(name: str, disk_file: str, *, description: str = "", kernel: str | None = None,
                  ramdisk: str | None = None, cmdline: str | None = None, cores: Any = 1, ram_mb: Any = 512,
-                 disk_gb: Any = 2, url: str | None = None) -> tuple[dict[str, Any], bool]:
+                 disk_gb: Any = 2, platform_value: Any = 5, url: str | None = None) -> tuple[dict[str, Any], bool]:
     """Add the image, or bring a registered one to these values (what a playbook declares). Returns the
     row and whether anything was written."""
     name = check_name("name", name)
     _image_text(disk_file, kernel, ramdisk, cmdline)
     wanted = {"description": description, "disk_file": disk_file, "kernel": kernel or None,
               "ramdisk": ramdisk or None, "cmdline": cmdline or None, "default_cores": cores_value("cores", cores),
-              "default_ram_mb": ram_value("ram_mb", ram_mb, 16), "default_disk_gb": disk_value("disk_gb", disk_gb)}
+              "default_ram_mb": ram_value("ram_mb", ram_mb, 16), "default_disk_gb": disk_value("disk_gb", disk_gb),
+              "platform_value": _pfv(platform_value)}
     db.require_schema(url)
 
     def apply(session: Session) -> tuple[dict[str, Any], bool]:
+        authz.require_admin(session, "image")
         imagepath.image_files(db.load_settings(session).image_store, disk_file, kernel, ramdisk)
         image = session.scalar(select(Image).where(Image.name == name))
         if image is None:
@@ -271,10 +276,16 @@ def ensure_image(name: str, disk_file: str, *, description: str = "", kernel: st
     return db.write(apply, url)
 
 
+def _pfv(value: Any) -> float:
+    """An image's platform value (SPEC §3): 0..the ceiling any lab may set; requests use it within the lab's own
+    platform_value_max."""
+    return bounded("platform_value", value, 0.0, PLATFORM_VALUE_CEILING)
+
+
 def image_row(i: Image) -> dict[str, Any]:
     return {"id": i.id, "name": i.name, "description": i.description, "disk_file": i.disk_file, "kernel": i.kernel,
             "ramdisk": i.ramdisk, "cmdline": i.cmdline, "cores": i.default_cores, "ram_mb": i.default_ram_mb,
-            "disk_gb": i.default_disk_gb}
+            "disk_gb": i.default_disk_gb, "platform_value": i.platform_value}
 
 
 def list_images(url: str | None = None) -> list[dict[str, Any]]:
@@ -300,6 +311,7 @@ def add_slave(name: str, address: str, cores: Any, ram_mb: Any, disk_gb: Any, st
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "slave")
         for column, value, what in ((Slave.name, name, "name"), (Slave.address, address, "address")):
             other = session.scalar(select(Slave.name).where(column == value))
             if other is not None:
@@ -324,6 +336,7 @@ def set_slave_status(name: str, status: str, url: str | None = None) -> dict[str
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "slave")
         slave = session.scalar(select(Slave).where(Slave.name == name))
         if slave is None:
             raise NotFoundError(f"name: no slave named {name!r}")

@@ -350,6 +350,7 @@ def release(instance_id: Any, state: str = "stopped", url: str | None = None) ->
         inst = session.get(Instance, iid)
         if inst is None:
             raise NotFoundError(f"id: no instance {iid}")
+        authz.check_instance(session, acting.current(), inst.user_id, inst.group_id)
         if inst.state in (InstanceState.STOPPED, InstanceState.FAILED, InstanceState.LOST):
             raise ConflictError(f"id: instance {iid} is already {inst.state}")
         now = config.now()

@@ -122,7 +122,7 @@ def cmd_slave_status(args: argparse.Namespace) -> int:
 def cmd_image_add(args: argparse.Namespace) -> int:
     row = service.add_image(args.name, args.disk_file, description=args.description, kernel=args.kernel,
                             ramdisk=args.ramdisk, cmdline=args.cmdline, cores=args.cores, ram_mb=args.ram_mb,
-                            disk_gb=args.disk_gb)
+                            disk_gb=args.disk_gb, platform_value=args.platform_value)
     emit(args, row, lambda i: f"image {i['name']} added (id {i['id']})")
     return EXIT_OK
 
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", default=1)
     p.add_argument("--ram-mb", default=512, dest="ram_mb")
     p.add_argument("--disk-gb", default=2, dest="disk_gb")
+    p.add_argument("--platform-value", default=5, dest="platform_value",
+                   help="PfV of requests for this image by people who are not admins (0..10, default 5)")
     add("list", cmd_image_list, "list images", img)
 
     p = add("reserve", cmd_reserve, "book a block of seats for a time window (advance reservation)")

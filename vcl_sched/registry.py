@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from vcl_sched import config, db
+from vcl_sched import authz, config, db
 from vcl_sched.audit import audit
 from vcl_sched.catalogue import ADDRESS_SETTINGS, check_host_address, slave_row
 from vcl_sched.errors import ConflictError, NotFoundError, ValidationError, VclError
@@ -34,6 +34,7 @@ def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: An
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "slave")
         check_host_address(session, address)  # inside lab_subnet, not a gateway's, the master's or a pool's
         slave = session.scalar(select(Slave).where(Slave.name == name))
         holder = session.scalar(select(Slave.name).where(Slave.address == address, Slave.name != name))
@@ -81,6 +82,7 @@ def drain_absent(inventory: Iterable[Any], url: str | None = None) -> dict:
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "slave")
         drained = []
         query = select(Slave).where(Slave.status != SlaveStatus.DRAINING).order_by(Slave.name)
         for slave in session.scalars(query):
@@ -104,6 +106,7 @@ def remove_slave(name: Any, url: str | None = None) -> dict:
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
+        authz.require_admin(session, "slave")
         slave = session.scalar(select(Slave).where(Slave.name == name))
         if slave is None:
             raise NotFoundError(f"name: no slave named {name!r}")

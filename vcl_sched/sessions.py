@@ -273,3 +273,20 @@ def cancel(reservation: Any = None, series: Any = None, url: str | None = None) 
         return {"cancelled": cancelled, "ending": ended, "series": sid, "changed": bool(cancelled)}
 
     return db.write(apply, url)
+
+
+def check_vm(instance_id: Any, url: str | None = None) -> dict[str, Any]:
+    """May the acting user act on VM ``instance_id`` (stop, suspend, resume, launch it, see it)? Its owner, the
+    teacher of its group and admins may; the answer is the VM as ``lifecycle.describe`` gives it. A playbook run
+    on someone's behalf (``acting_user``) calls this before anything else."""
+    from . import lifecycle
+
+    iid = id_value("id", instance_id)
+    actor = acting.current()
+    db.require_schema(url)
+    with db.read(url) as session:
+        inst = session.get(Instance, iid)
+        if inst is None:
+            raise NotFoundError(f"id: no instance {iid}")
+        authz.check_instance(session, actor, inst.user_id, inst.group_id)
+    return lifecycle.describe(iid, url)

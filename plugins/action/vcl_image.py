@@ -22,6 +22,7 @@ ARGUMENT_SPEC = {
     "cores": {"type": "int", "default": 1},
     "ram_mb": {"type": "int", "default": 512},
     "disk_gb": {"type": "int", "default": 2},
+    "platform_value": {"type": "raw", "default": 5},
 }
 
 
@@ -37,7 +38,7 @@ class ActionModule(VclControllerAction):
             row, changed = service.ensure_image(
                 args["name"], args["disk"], description=args["description"], kernel=args["kernel"],
                 ramdisk=args["ramdisk"], cmdline=args["cmdline"], cores=args["cores"], ram_mb=args["ram_mb"],
-                disk_gb=args["disk_gb"], url=args["db_url"] or None,
+                disk_gb=args["disk_gb"], platform_value=args["platform_value"], url=args["db_url"] or None,
             )  # fmt: skip
         except ValidationError as err:
             if err.field != "disk_file":

@@ -21,6 +21,7 @@ ARGUMENT_SPEC = {
     "db_url": {"type": "str"},
     "action": {"type": "str", "required": True, "choices": ACTIONS},
     "id": {"type": "raw"},
+    "acting_user": {"type": "str"},
     "exclude": {"type": "list", "elements": "str", "default": []},
     "console_port": {"type": "raw"},
     "reason": {"type": "str", "default": ""},
@@ -44,6 +45,10 @@ class ActionModule(VclControllerAction):
                 return {"changed": True, "instance": lifecycle.describe(iid, url)}
             return {"changed": True}
         if action == "describe":
+            if args["acting_user"]:  # on someone's behalf: their VM, their group's seat, or an admin
+                from vcl_sched import sessions
+
+                return {"changed": False, "instance": sessions.check_vm(iid, url)}
             return {"changed": False, "instance": lifecycle.describe(iid, url)}
         token = args["lease"] or None
         if action == "lease":

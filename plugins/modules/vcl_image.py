@@ -51,6 +51,12 @@ options:
     description: Default RAM in MiB.
     type: int
     default: 512
+  platform_value:
+    description:
+      - The image's platform value PfV (0..10), used by the requests of people who are not admins (SPEC §3),
+        within the lab's C(platform_value_max).
+    type: raw
+    default: 5
   disk_gb:
     description: Disk in GiB a VM of this image takes on its slave.
     type: int

@@ -34,6 +34,11 @@ options:
   id:
     description: The instance; required by every action but C(start_due), C(dispatch_plan) and C(reconcile).
     type: raw
+  acting_user:
+    description:
+      - With O(action=describe), the lab user on whose behalf a playbook runs (the portal, C(vcl --as)); the task
+        fails naming C(id) unless the VM is theirs, a seat of a group they teach, or they are an admin.
+    type: str
   exclude:
     description: With C(place), slaves not to use (those a launch already failed on).
     type: list

@@ -295,3 +295,28 @@ def test_people_see_their_own_vms_and_teachers_their_groups_seats(school, monkey
     with as_("tina", school):
         assert sorted(r["id"] for r in service.list_instances(school)) == sorted(seats)
     assert res["state"] == "accepted"
+
+
+def test_only_admins_change_the_lab_and_only_owners_act_on_a_vm(school):
+    with as_("ann", school):
+        be = service.request(owner="cs101", cores=1, ram_mb=256, hours=1, url=school)["id"]
+    before = snapshot(school)
+    for name in ("ann", "tina"):
+        with as_(name, school):
+            with pytest.raises(ForbiddenError, match=f"slave: only the lab's admins may do this \\({name}"):
+                service.add_slave("s9", "10.77.0.29", 2, 2048, 10, url=school)
+            with pytest.raises(ForbiddenError, match="config: only the lab's admins"):
+                service.configure({"booking.max_hours": "8"}, school)
+            with pytest.raises(ForbiddenError, match="slave: only"):
+                service.set_slave_status("s1", "down", url=school)
+    for name in ("bob", "tom"):  # another student, a teacher of another group
+        with as_(name, school):
+            with pytest.raises(ForbiddenError, match=f"id: not a VM of {name}"):
+                sessions.check_vm(be, school)
+            with pytest.raises(ForbiddenError, match=f"id: not a VM of {name}"):
+                service.release(be, url=school)
+    assert snapshot(school) == before
+    with as_("tina", school):  # the teacher of ann's group
+        assert sessions.check_vm(be, school)["id"] == be
+    with as_("ann", school):
+        assert service.release(be, url=school)["state"] == "stopped"

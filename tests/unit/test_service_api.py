@@ -73,7 +73,7 @@ def test_the_facade_only_reexports_and_keeps_every_public_name():
         "reserve": ["owner", "cores", "ram_mb", "start", "hours", "platform_value", "register_as_slave", "member",
                     "image", "user", "seats", "prelaunch", "series_id", "dry_run", "url"],
         "ensure_image": ["name", "disk_file", "description", "kernel", "ramdisk", "cmdline", "cores", "ram_mb",
-                         "disk_gb", "url"],
+                         "disk_gb", "platform_value", "url"],
         "commit_claim": ["plan", "url"],
         "new_claim_plan": ["slave", "demand", "group_id", "priority", "ends", "mac_prefix", "register_as_slave",
                            "image_id"],
