@@ -81,3 +81,16 @@ def test_refused_naming_the_field_and_nothing_written(school, pairs, field):
     assert not run.ok
     assert failure(run).startswith(f"{field}:") or f" {field}:" in failure(run), failure(run)
     assert counts(url) == before
+
+
+def test_a_playbook_on_someones_behalf_acts_only_on_their_vms(school):
+    url, _ = school
+    from vcl_sched import acting
+
+    with acting.acting(people.actor_for("ann", url)):
+        vm = service.request(owner="cs101", cores=1, ram_mb=256, hours=1, url=url)["id"]
+    before = (counts(url), service.list_instances(url, include_all=True))
+    for name in ("stop", "suspend", "resume", "launch"):
+        run = play(school, name, f"id={vm}", "acting_user=bob")
+        assert not run.ok and "id: not a VM of bob" in failure(run), (name, failure(run))
+    assert (counts(url), service.list_instances(url, include_all=True)) == before
