@@ -21,8 +21,10 @@ ARGUMENT_SPEC = {
 
 class ActionModule(VclControllerAction):
     ARGUMENT_SPEC = ARGUMENT_SPEC
-    REQUIRED_IF: ClassVar[list[tuple[str, Any, tuple[str, ...]]]] = [("action", "take", ("reservation",)),
-                                                                    ("action", "show", ("reservation",))]
+    REQUIRED_IF: ClassVar[list[tuple[str, Any, tuple[str, ...]]]] = [
+        ("action", "take", ("reservation",)),
+        ("action", "show", ("reservation",)),
+    ]
 
     def work(self, args: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         from vcl_sched import sessions
