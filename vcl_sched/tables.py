@@ -13,7 +13,8 @@ from .errors import VclError
 
 SLAVE_COLUMNS = ("name", "address", "status", "cores_used", "cores_total", "ram_mb_used", "ram_mb_total",
                  "disk_gb_used", "disk_gb_total")
-RES_COLUMNS = ("id", "owner", "state", "priority", "seats", "cores", "ram_mb", "start", "end", "rescheduled", "reason")
+RES_COLUMNS = ("id", "owner", "state", "priority", "seats", "cores", "ram_mb", "start", "end", "series", "rescheduled",
+               "reason")
 INST_COLUMNS = ("id", "owner", "kind", "state", "priority", "slave", "cores", "ram_mb", "mac", "private_ip",
                 "public_ip", "ends_at")
 
