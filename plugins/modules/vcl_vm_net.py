@@ -27,7 +27,17 @@ description:
     address another entry holds is refused, naming the field, and nothing changes. The new file is written
     first to its candidate (C(NAME.candidate.conf) beside it) and C(dhcpd -t -4 -cf NAME.check.conf) (dhcpd.conf
     including the candidate, written by the C(vcl.lab.dhcpd) role) must accept the whole config before the
-    live file is atomically replaced; O(dhcpd_restart) runs only when the file changed."
+    live file is atomically replaced. The file is the durable record, what dhcpd loads when it starts."
+  - "The running dhcpd then gets the same entry over OMAPI (O(omapi_port), the key in O(omapi_key_file)), without
+    a restart: the host object C(vm-<id>) is created with the MAC (hardware type 1) and the fixed address, after
+    deleting an object of that name or that MAC that holds other data; with O(state=absent) the object is
+    deleted. A run that changes nothing still asks dhcpd (read only), and puts right a running dhcpd that
+    differs from the file."
+  - "O(dhcpd_restart) runs only as the fallback, when the file changed and OMAPI is not configured (O(omapi_port)
+    unset, O(omapi_key_file) absent) or when an OMAPI operation failed; the result then says C(dhcp.omapi=false)
+    and why. Before a restart the host records dhcpd copied into its lease file (O(dhcpd_leases_file)) for
+    objects made or removed over OMAPI are dropped: dhcpd would read them after the config, and a C(deleted)
+    record would hide a VM the file holds, a C(dynamic) one bring back a VM the file no longer has."
   - "Public alias: C(PUBLIC/32) on O(uplink), live (C(ip address add/del)) and as the VM's own ifupdown file
     C(vcl-vm-<id>) in O(aliases_dir), as the C(vcl.lab.network) role writes it. An address another VM's file
     holds is refused."
@@ -36,7 +46,8 @@ description:
     O(rules_file) after C(iptables-restore --test) when O(persist)."
   - Order with O(state=present) is DHCP, alias, DNAT; with O(state=absent) the reverse. Everything is read and
     checked before the first change; if a step fails, the steps already done in this run are undone
-    (files restored, dhcpd restarted again, alias and chain put back) and the module fails saying so.
+    (files restored, the OMAPI operations reversed or dhcpd restarted again, alias and chain put back) and the
+    module fails saying so.
   - Re-running with the same arguments changes nothing.
 version_added: "0.1.0"
 author: VCL developers (@vcl-lab)
@@ -81,11 +92,32 @@ options:
     default: /usr/sbin/dhcpd
   dhcpd_restart:
     description:
-      - Commands (argv lists) run in order after O(dhcpd_hosts_file) changed, to make dhcpd load it, for example
-        C([[systemctl, restart, isc-dhcp-server]]). Empty means dhcpd is not restarted.
+      - Commands (argv lists) run in order to make dhcpd load O(dhcpd_hosts_file) when OMAPI could not change the
+        running dhcpd (the fallback), for example C([[systemctl, restart, isc-dhcp-server]]). Empty means dhcpd is
+        not restarted.
     type: list
     elements: list
     default: []
+  dhcpd_leases_file:
+    description:
+      - dhcpd's lease file; before a restart the host records in it are dropped (leases and the rest are kept).
+        Nothing is done when it does not exist.
+    type: path
+    default: /var/lib/dhcp/dhcpd.leases
+  omapi_port:
+    description:
+      - The TCP port dhcpd answers OMAPI on (C(omapi-port) in dhcpd.conf, written by the C(vcl.lab.dhcpd) role), on
+        127.0.0.1. Unset means OMAPI is not configured, and a changed file restarts dhcpd.
+      - Needs the Python library pypureomapi where the module runs (the master's C(/opt/vcl/venv)); without it
+        the module fails on one line, before any change.
+    type: int
+  omapi_key_file:
+    description:
+      - The root-only file with the OMAPI key, C(key "NAME" { algorithm hmac-md5; secret "BASE64"; };), which
+        dhcpd.conf includes (the C(vcl.lab.dhcpd) role generates it on the master). Read here, never returned.
+      - When it does not exist, OMAPI is taken as not configured.
+    type: path
+    default: /etc/dhcp/vcl-omapi.key
   aliases_dir:
     description: Where ifupdown reads per-interface files; the VM's alias file C(vcl-vm-<id>) goes there.
     type: path
@@ -99,8 +131,10 @@ options:
     type: bool
     default: true
 notes:
-  - Supports check mode; the parts of the result then say what would change (dhcpd -t is not run).
-  - Needs C(ip), C(iptables), C(iptables-save), C(iptables-restore) and dhcpd on the target.
+  - Supports check mode; the parts of the result then say what would change (dhcpd -t is not run; OMAPI is
+    asked, read only).
+  - Needs C(ip), C(iptables), C(iptables-save), C(iptables-restore) and dhcpd on the target, and for OMAPI the
+    Python library pypureomapi (HMAC-MD5 keys, the one algorithm it and dhcpd's OMAPI share).
   - A host entries file or an alias file of this VM that is not as VCL writes it (edited by hand) is refused,
     naming O(dhcpd_hosts_file) or O(aliases_dir); the roles rewrite both from the lab database.
 seealso:
@@ -115,16 +149,22 @@ EXAMPLES = r"""
     private: 10.213.1.18
     public: 10.213.0.162
     uplink: eth0
+    omapi_port: 7911
     dhcpd_restart:
       - [systemctl, restart, isc-dhcp-server]
+  vars:
+    ansible_python_interpreter: /opt/vcl/venv/bin/python  # where pypureomapi is
 
 - name: Take VM 14 off the master's network (release)
   vcl.lab.vcl_vm_net:
     id: 14
     state: absent
     uplink: eth0
+    omapi_port: 7911
     dhcpd_restart:
       - [systemctl, restart, isc-dhcp-server]
+  vars:
+    ansible_python_interpreter: /opt/vcl/venv/bin/python
 """
 
 RETURN = r"""
@@ -134,7 +174,8 @@ dhcp:
   type: dict
   contains:
     changed:
-      description: Whether O(dhcpd_hosts_file) was (in check mode, would be) rewritten.
+      description: Whether O(dhcpd_hosts_file) was rewritten or the running dhcpd changed over OMAPI (in check mode,
+        would be).
       type: bool
     host:
       description: The host entry's name.
@@ -145,12 +186,27 @@ dhcp:
       type: str
       sample: "host vm-14 { hardware ethernet 52:54:00:12:34:56; fixed-address 10.213.1.18; }"
     restarted:
-      description: Whether O(dhcpd_restart) ran (in check mode, would run).
+      description: Whether O(dhcpd_restart) ran (in check mode, would run), the fallback when OMAPI did not.
       type: bool
     restart_commands:
       description: The O(dhcpd_restart) commands run (or that would run), in order.
       type: list
       elements: str
+    omapi:
+      description: Whether the running dhcpd was checked (and changed where needed) over OMAPI in this run.
+      type: bool
+    omapi_reason:
+      description: Why OMAPI was not used, or failed (then dhcpd was restarted instead); null when it worked.
+      type: str
+      sample: "OMAPI failed: cannot talk to dhcpd's OMAPI on 127.0.0.1:7911: [Errno 111] Connection refused"
+    omapi_ops:
+      description: The OMAPI operations run (or that would run), in order; empty when dhcpd already held the entry.
+      type: list
+      elements: str
+      sample: ["create host vm-14 (52:54:00:12:34:56, 10.213.1.18)"]
+    leases_cleaned:
+      description: Whether host records were dropped from O(dhcpd_leases_file) before a restart.
+      type: bool
 alias:
   description: The public alias part.
   returned: always
@@ -208,9 +264,11 @@ undone:
 import json
 import os
 import shlex
+import sys
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vcl.lab.plugins.module_utils import vcl_omapi
 from ansible_collections.vcl.lab.plugins.module_utils.vcl_nat import (
     VM_CHAIN_PREFIX,
     InputError,
@@ -224,6 +282,7 @@ from ansible_collections.vcl.lab.plugins.module_utils.vcl_nat import (
     read_text,
     vm_id,
 )
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_omapi import OmapiConfigError, OmapiFailure
 from ansible_collections.vcl.lab.plugins.module_utils.vcl_vm_files import (
     IFNAME_RE,
     MAC_RE,
@@ -262,6 +321,9 @@ class VmNet:
             if not IFNAME_RE.match(params["uplink"] or ""):
                 raise InputError(f"uplink: {params['uplink']!r} is not an interface name")
             self.restart = self._restart(params["dhcpd_restart"])
+            port = params["omapi_port"]
+            if port is not None and not 1 <= port <= 65535:
+                raise InputError(f"omapi_port: {port} is not a TCP port (1..65535)")
         except InputError as err:
             module.fail_json(msg=str(err))
         self.name = f"vm-{self.id}"
@@ -269,10 +331,15 @@ class VmNet:
         self.candidate_file = dhcp_candidate_path(self.hosts_file)
         self.check_file = dhcp_check_path(self.hosts_file)
         self.alias_file = os.path.join(params["aliases_dir"], alias_file_name(self.id))
+        self.omapi: vcl_omapi.Client | None = None
+        self.omapi_ops: list[tuple[str, dict]] = []
+        self.omapi_done: list[tuple[str, dict]] = []
+        self.restart_attempted = False
         self.ip = module.get_bin_path("ip", required=True)
         self.nat = Iptables(module)
         self.result = {
-            "dhcp": {"changed": False, "host": self.name, "entry": None, "restarted": False, "restart_commands": []},
+            "dhcp": {"changed": False, "host": self.name, "entry": None, "restarted": False, "restart_commands": [],
+                     "omapi": False, "omapi_reason": None, "omapi_ops": [], "leases_cleaned": False},
             "alias": {"changed": False, "address": None, "commands": [], "file": self.alias_file,
                       "file_changed": False},
             "dnat": {"changed": False, "commands": [], "chains": [], "saved": False},
@@ -308,6 +375,7 @@ class VmNet:
         except VmFileError as err:
             raise InputError(f"dhcpd_hosts_file: {err}") from None
         others = [entry for entry in old if entry["name"] != self.name]
+        wanted = vcl_omapi.entry(self.name, self.mac, self.private) if self.present else None
         if self.present:
             for other in others:
                 if other["mac"] == self.mac:
@@ -327,10 +395,54 @@ class VmNet:
                 f"dhcpd_hosts_file: the check config {self.check_file} does not exist (the vcl.lab.dhcpd role "
                 f"writes it, with dhcpd.conf and {self.hosts_file})"
             )
-        self.result["dhcp"]["changed"] = changed
-        self.result["dhcp"]["restarted"] = changed and bool(self.restart)
-        if self.result["dhcp"]["restarted"]:
-            self.result["dhcp"]["restart_commands"] = [shlex.join(argv) for argv in self.restart]
+        self.file_changed = changed
+        self._plan_omapi(wanted)
+        dhcp = self.result["dhcp"]
+        dhcp["changed"] = changed or bool(self.omapi_ops)
+        dhcp["restarted"] = changed and self.omapi is None and bool(self.restart)
+        if dhcp["restarted"]:
+            dhcp["restart_commands"] = [shlex.join(argv) for argv in self.restart]
+
+    def _plan_omapi(self, wanted: dict | None) -> None:
+        """Read what the running dhcpd holds under the VM's name (and its MAC) over OMAPI, and plan the operations
+        that make it hold WANTED. OMAPI not configured, or not answering: self.omapi stays None and the reason is
+        in the result (a changed file then restarts dhcpd)."""
+        port, key_file, dhcp = self.params["omapi_port"], self.params["omapi_key_file"], self.result["dhcp"]
+        if port is None:
+            dhcp["omapi_reason"] = "OMAPI is not configured (omapi_port is not set)"
+            return
+        if not os.path.exists(key_file):
+            dhcp["omapi_reason"] = f"OMAPI is not configured (no key file {key_file})"
+            return
+        if vcl_omapi.pypureomapi is None:
+            raise InputError(
+                f"omapi_port: OMAPI is asked for, but the Python library pypureomapi is not installed for "
+                f"{sys.executable} (the master's /opt/vcl/venv has it: run the module with that interpreter)"
+            )
+        try:
+            key_name, secret = vcl_omapi.parse_key_file(read_text(key_file) or "", key_file)
+        except OmapiConfigError as err:
+            raise InputError(f"omapi_key_file: {err}") from None
+        except OSError as err:
+            raise InputError(f"omapi_key_file: cannot read {key_file}: {err.strerror}") from None
+        client = None
+        try:
+            client = vcl_omapi.Client(port, key_name, secret)
+            by_name = client.lookup(name=self.name)
+            by_mac = client.lookup(mac=self.mac) if wanted else None
+        except vcl_omapi.OmapiFailure as err:
+            if client is not None:
+                client.close()
+            dhcp["omapi_reason"] = f"OMAPI failed: {err}"
+            return
+        self.omapi = client
+        self.omapi_ops = vcl_omapi.plan(self.name, wanted, by_name, by_mac)
+        dhcp["omapi"] = True
+        dhcp["omapi_ops"] = [vcl_omapi.describe(verb, host) for verb, host in self.omapi_ops]
+
+    def close(self) -> None:
+        if self.omapi is not None:
+            self.omapi.close()
 
     def _other_aliases(self) -> dict[str, str]:
         """Public address -> alias file, of the other VMs' alias files (those not as VCL writes them skipped)."""
@@ -430,30 +542,63 @@ class VmNet:
                 os.unlink(tmp)
 
     def _restart_dhcpd(self) -> None:
+        """The fallback: dhcpd loads the hosts file again. The host records OMAPI left in the lease file go first
+        (dhcpd reads them after the config, and they would win over it)."""
+        if not self.restart:
+            return
+        self.restart_attempted = True
+        dhcp = self.result["dhcp"]
+        dhcp["restarted"] = True
+        dhcp["restart_commands"] = [shlex.join(argv) for argv in self.restart]
+        leases = self.params["dhcpd_leases_file"]
+        text = read_text(leases)
+        if text is not None and vcl_omapi.strip_host_records(text) != text:
+            self._install(leases, vcl_omapi.strip_host_records(text))
+            dhcp["leases_cleaned"] = True
         for argv in self.restart:
             self._run(argv, "dhcpd_restart")
 
+    def _omapi_failed(self, err: OmapiFailure) -> None:
+        self.result["dhcp"]["omapi"] = False
+        self.result["dhcp"]["omapi_reason"] = f"OMAPI failed: {err}"
+
     def dhcp_do(self) -> None:
         """The candidate first, then dhcpd -t of the whole config with it, then the live file (the candidate
-        stays, equal to it, as the dhcpd role leaves it)."""
-        if not self.result["dhcp"]["changed"]:
-            return
-        self._install(self.candidate_file, self.dhcp_new)
-        try:
-            refused = f"{self.hosts_file} was left as it was: dhcpd refused the whole config with the candidate"
-            self._run([self.params["dhcpd_binary"], "-t", "-4", "-cf", self.check_file], refused)
-        except StepError:
-            self._install(self.candidate_file, self.candidate_old)
-            raise
-        self.dhcp_written = True
-        self._install(self.hosts_file, self.dhcp_new)
-        self._restart_dhcpd()
+        stays, equal to it, as the dhcpd role leaves it); then the running dhcpd over OMAPI, else a restart."""
+        if self.file_changed:
+            self._install(self.candidate_file, self.dhcp_new)
+            try:
+                refused = f"{self.hosts_file} was left as it was: dhcpd refused the whole config with the candidate"
+                self._run([self.params["dhcpd_binary"], "-t", "-4", "-cf", self.check_file], refused)
+            except StepError:
+                self._install(self.candidate_file, self.candidate_old)
+                raise
+            self.dhcp_written = True
+            self._install(self.hosts_file, self.dhcp_new)
+        if self.omapi is not None and self.omapi_ops:
+            try:
+                self.omapi.apply(self.omapi_ops, self.omapi_done)
+                return
+            except OmapiFailure as err:  # some operations may have gone through: dhcpd reloads the file
+                self._omapi_failed(err)
+            self._restart_dhcpd()
+        elif self.file_changed and self.omapi is None:
+            self._restart_dhcpd()
 
     def dhcp_undo(self) -> None:
+        """The files as they were; the running dhcpd as it was (the OMAPI operations reversed, or a restart when
+        this run restarted it or the reversal fails)."""
         if getattr(self, "dhcp_written", False):
             self._install(self.hosts_file, self.dhcp_old)
             self._install(self.candidate_file, self.candidate_old)
+        if self.restart_attempted:
             self._restart_dhcpd()
+        elif self.omapi_done:
+            try:
+                self.omapi.apply(vcl_omapi.undo(self.omapi_done), [])
+            except OmapiFailure as err:
+                self._omapi_failed(err)
+                self._restart_dhcpd()
 
     def alias_do(self) -> None:
         self.alias_done: list[list[str]] = []
@@ -542,6 +687,9 @@ def main() -> None:
             "dhcpd_hosts_file": {"type": "path", "default": "/etc/dhcp/dhcpd.vcl-vms.conf"},
             "dhcpd_binary": {"type": "path", "default": "/usr/sbin/dhcpd"},
             "dhcpd_restart": {"type": "list", "elements": "list", "default": []},
+            "dhcpd_leases_file": {"type": "path", "default": "/var/lib/dhcp/dhcpd.leases"},
+            "omapi_port": {"type": "int"},
+            "omapi_key_file": {"type": "path", "default": "/etc/dhcp/vcl-omapi.key", "no_log": False},
             "aliases_dir": {"type": "path", "default": "/etc/network/interfaces.d"},
             "rules_file": {"type": "path", "default": "/etc/iptables/rules.v4"},
             "persist": {"type": "bool", "default": True},
@@ -552,13 +700,16 @@ def main() -> None:
     vm = VmNet(module)
     with nat_lock(module, "vcl_vm_net"):
         try:
-            vm.plan()
-        except (InputError, StepError, NatError, VmFileError) as err:  # refused or unreadable: nothing was changed
-            module.fail_json(msg=str(err))
-        if module.check_mode:
-            vm.check_persist()
-        else:
-            vm.run()
+            try:
+                vm.plan()
+            except (InputError, StepError, NatError, VmFileError) as err:  # refused or unreadable: nothing changed
+                module.fail_json(msg=str(err))
+            if module.check_mode:
+                vm.check_persist()
+            else:
+                vm.run()
+        finally:
+            vm.close()
     result = vm.result
     module.exit_json(changed=any(result[part]["changed"] for part in ("dhcp", "alias", "dnat")), **result)
 

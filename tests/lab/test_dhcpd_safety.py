@@ -60,7 +60,11 @@ class Dhcpd:
         return run_playbook(self.lab, playbook, "-e", f"@{extra}")
 
     def net(self, state: str, *extra: str):
-        """The vm role's net entry point for VM_ID (host entry, public alias, DNAT), as a launch or release runs it."""
+        """The vm role's net entry point for VM_ID (host entry, public alias, DNAT), as a launch or release runs it,
+        on its fallback path: OMAPI off, so a changed hosts file restarts dhcpd (the OMAPI path, which never
+        restarts it, is tests/netns/test_vcl_omapi.py and every launch of tests/lab/test_lifecycle.py). Only the
+        dhcpd role ran on this master, so the module runs with the system Python (no /opt/vcl/venv here)."""
+        extra = ("-e", "vm__net_omapi_port=0", "-e", "vm__net_python=/usr/bin/python3", *extra)
         net_vars = {"vm__net_id": VM_ID, "vm__net_state": state}
         if state == "present":
             vm = self.vm()
@@ -239,7 +243,7 @@ def test_the_net_entry_point_and_the_role_write_the_same_host_entries(dhcpd):
     entries = dhcpd.entries()
     assert entries.count(f"host {vm['name']} {{") == 1 and all(f"host {h['name']} {{" in entries for h in dhcpd.hosts)
     assert dhcpd.ssh(dhcpd.master, "cat", CANDIDATE) == entries
-    assert dhcpd.process()[:2] != (before_pid, before_start)  # restarted to load the new entry
+    assert dhcpd.process()[:2] != (before_pid, before_start)  # OMAPI off: restarted to load the new entry
     assert dhcpd.lease(vm["mac"]) == (vm["ip"], dhcpd.gateway)
     alias = dhcpd.ssh(dhcpd.master, "cat", f"/etc/network/interfaces.d/vcl-vm-{VM_ID}")
     assert f"address {dhcpd.public}/32" in alias

@@ -14,8 +14,7 @@ import uuid
 import pytest
 
 
-@pytest.fixture
-def netns():
+def _netns():
     """A fresh network namespace (its own, empty netfilter tables); deleted afterwards."""
     missing = [tool for tool in ("ip", "iptables", "iptables-save", "iptables-restore") if not shutil.which(tool)]
     if os.geteuid() != 0 or missing:
@@ -26,3 +25,15 @@ def netns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=True)
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace (its own, empty netfilter tables); deleted afterwards."""
+    yield from _netns()
+
+
+@pytest.fixture
+def client_netns():
+    """A second namespace, for a DHCP client on the other end of a veth from ``netns``."""
+    yield from _netns()

@@ -70,6 +70,10 @@ DHCPD_VARS = {
     "dhcpd__options": {"domain-name-servers": GATEWAY},
     "dhcpd__default_lease_time": 3600,
     "dhcpd__max_lease_time": 86400,
+    # OMAPI off here (every change restarts dhcpd); tests/netns/test_vcl_omapi.py turns it on.
+    "dhcpd__omapi_port": 0,
+    "dhcpd__omapi_key_file": "/etc/dhcp/vcl-omapi.key",
+    "dhcpd__omapi_key_name": "vcl-omapi",
 }
 
 
@@ -134,6 +138,7 @@ class Master:
             "dhcpd_hosts_file": str(self.hosts_file),
             "dhcpd_binary": DHCPD,
             "dhcpd_restart": [["sh", "-c", 'echo restart >> "$0"', str(self.restarts)]],
+            "dhcpd_leases_file": str(self.root / "dhcpd.leases"),
             "aliases_dir": str(self.aliases),
             "rules_file": str(self.rules),
             **args,
