@@ -114,11 +114,15 @@ pairs_freed:
   returned: with net_gone
   type: int
 plan:
-  description: With C(dispatch_plan), the ids to stop, suspend, launch and resume, those that wait, and notes.
+  description: >-
+    With C(dispatch_plan), the ids to stop, suspend, launch and resume, those that wait, and notes; C(lanes) maps
+    each slave's name to the launches planned on it, in order (dispatch.yml runs the lanes side by side).
   returned: with dispatch_plan
   type: dict
 started:
-  description: With C(start_due), the reservations that became instances.
+  description: >-
+    With C(start_due), the reservations that became active (with C(prelaunch), their seats' pending instances,
+    handed to the group's members; without, none: members take seats).
   returned: with start_due
   type: list
   elements: dict
