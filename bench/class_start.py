@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from launch import MARKER_POLLER  # noqa: E402 - bench/launch.py's poller (this script's directory is on sys.path)
 from sqlalchemy import select, update  # noqa: E402
 
 from vcl_lab.machines import ssh_argv  # noqa: E402
@@ -60,23 +61,6 @@ TARGET_RATIO = 0.5
 TEACHER, GROUP, SINGLES_GROUP, IMAGE = "tara", "bench13", "bench13be", "vcl-guest"
 POLL = 0.2
 
-# Run on the client: connect to the VM's public address, port 80, every POLL s until the marker is read.
-MARKER_POLLER = """
-import socket, sys, time
-ip, want, deadline, poll = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3]), float(sys.argv[4])
-while time.time() < deadline:
-    t0 = time.time()
-    try:
-        with socket.create_connection((ip, 80), timeout=1) as s:
-            s.settimeout(2)
-            if want in s.recv(200).decode(errors="replace"):
-                print(time.time())
-                sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(max(0.0, poll - (time.time() - t0)))
-sys.exit(1)
-"""
 
 
 class Pollers:

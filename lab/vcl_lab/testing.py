@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,20 @@ class Lab:
         state = self.state()
         argv = ssh_argv(state, state.machines[host], *command)
         return subprocess.run(argv, text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def marker(self, public_ip: str, timeout: float = 120) -> str:
+        """The test guest's marker (``vcl-guest ready PRIVATE MAC``), read by the client machine through the
+        master's DNAT at the VM's public address; an AssertionError with the last error after ``timeout``."""
+        probe = ("import socket,sys\ns=socket.create_connection((sys.argv[1],80),3)\ns.settimeout(3)\n"
+                 "print(s.recv(200).decode().strip())")
+        deadline, last = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            out = self.ssh("client", "python3", "-c", probe, public_ip, timeout=20)
+            if out.returncode == 0 and out.stdout.startswith("vcl-guest ready"):
+                return out.stdout.strip()
+            last = out.stderr.strip()[-200:]
+            time.sleep(1)
+        raise AssertionError(f"no marker from {public_ip} within {timeout:.0f} s (last: {last})")
 
     @classmethod
     def from_status(cls, data: dict) -> Lab:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -48,18 +47,6 @@ def must(recap: Recap, what: str) -> Recap:
     return recap
 
 
-def marker(lab: Lab, public_ip: str, timeout: float = 180) -> str:
-    """The guest's marker, read by the client machine through the master's DNAT."""
-    probe = ("import socket,sys\ns=socket.create_connection((sys.argv[1],80),3)\ns.settimeout(3)\n"
-             "print(s.recv(200).decode().strip())")
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        out = lab.ssh("client", "python3", "-c", probe, public_ip, timeout=20)
-        if out.returncode == 0 and out.stdout.startswith("vcl-guest ready"):
-            return out.stdout.strip()
-        last = out.stderr.strip()[-200:]
-        time.sleep(1)
-    raise AssertionError(f"no marker from {public_ip} within {timeout:.0f} s (last: {last})")
 
 
 def seats_in_db(db_url: str, rid: int) -> list[dict]:
@@ -133,7 +120,7 @@ def test_a_class_is_ready_at_the_bell_and_leaves_nothing_behind(lab, session_db)
     assert [s["user"] for s in seats] == STUDENTS and len({s["user_id"] for s in seats}) == 4, seats
     assert {s["slave"] for s in seats} == set(slaves), seats
     for s in seats:
-        assert marker(lab, s["public_ip"]) == f"vcl-guest ready {s['private_ip']} {s['mac']}"
+        assert lab.marker(s["public_ip"], timeout=180) == f"vcl-guest ready {s['private_ip']} {s['mac']}"
         password = CONSOLES / f"vm-{s['id']}-{s['mac'].replace(':', '')}.vnc"  # on the controller, 0600
         assert password.is_file() and (password.stat().st_mode & 0o777) == 0o600, password
     with acting.acting(people.actor_for(TEACHER, url)):

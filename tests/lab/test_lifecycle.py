@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -64,20 +63,6 @@ def newest(db_url: str) -> dict:
     return max(service.list_instances(db_url, include_all=True), key=lambda r: r["id"])
 
 
-def marker(lab: Lab, public_ip: str, timeout: float = 120) -> str:
-    """The guest's marker, read by the client machine through the master's DNAT (busybox's wget is not used:
-    a plain TCP read is all the marker needs)."""
-    probe = ("import socket,sys\ns=socket.create_connection((sys.argv[1],80),3)\ns.settimeout(3)\n"
-             "print(s.recv(200).decode().strip())")
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        out = lab.ssh("client", "python3", "-c", probe, public_ip, timeout=20)
-        if out.returncode == 0 and out.stdout.startswith("vcl-guest ready"):
-            return out.stdout.strip()
-        last = out.stderr.strip()[-200:]
-        time.sleep(1)
-    raise AssertionError(f"no marker from {public_ip} within {timeout:.0f} s (last: {last})")
 
 
 def master_state(lab: Lab, vm_id: int) -> dict:
@@ -129,7 +114,7 @@ def test_reserve_launch_reach_suspend_resume_stop(lab, lifecycle_db):
     vid, slave = vm["id"], vm["slave"]
 
     # The guest took its address from the master's dhcpd and answers through the DNAT.
-    assert marker(lab, vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
+    assert lab.marker(vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
     # dhcpd keeps no lease record for fixed-address hosts: the guest's own log says it got its address by
     # DHCP (its kernel command line names no address), and dhcpd's log shows the answer to its MAC.
     serial = lab.ssh(slave, "cat", f"/var/lib/vcl/instances/vcl-{vid}.log").stdout
@@ -157,7 +142,7 @@ def test_reserve_launch_reach_suspend_resume_stop(lab, lifecycle_db):
 
     # Resume restores the saved memory: the guest answers again, without booting a second time.
     must(play(lab, lifecycle_db, "resume", "-e", f"id={vid}"), "resume.yml")
-    assert marker(lab, vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
+    assert lab.marker(vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
     serial = lab.ssh(slave, "cat", f"/var/lib/vcl/instances/vcl-{vid}.log").stdout
     assert serial.count("vcl-guest: booted") == 1, serial
     assert cores_used(lifecycle_db)[slave] == 1
@@ -201,7 +186,7 @@ def test_two_reserve_runs_at_once_never_share_cores_or_addresses(lab, lifecycle_
     for name, s in slaves.items():
         assert s["cores_used"] == sum(v["cores"] for v in vms if v["slave"] == name) <= s["cores_total"]
     for vm in vms:
-        assert marker(lab, vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
+        assert lab.marker(vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
         assert len(master_state(lab, vm["id"])["dhcp"]) == 1
     must(play(lab, lifecycle_db, "stop", "-e", "ids=" + ",".join(str(v["id"]) for v in vms)), "stop.yml")
     assert held(lifecycle_db) == []
@@ -271,7 +256,7 @@ def test_a_slave_dead_in_the_middle_of_a_launch_leaks_nothing_and_the_vm_lands_e
         on_master = master_state(lab, vm["id"])
         assert len(on_master["dhcp"]) == 1 and landed["mac"] in on_master["dhcp"][0]
         assert cores_used(lifecycle_db)[dead] == 0 and len(held(lifecycle_db)) == 1
-        assert marker(lab, landed["public_ip"]) == f"vcl-guest ready {landed['private_ip']} {landed['mac']}"
+        assert lab.marker(landed["public_ip"]) == f"vcl-guest ready {landed['private_ip']} {landed['mac']}"
 
         # Reconcile: the dead slave is down (no new VMs); the VM on the live one is fine.
         must(play(lab, lifecycle_db, "reconcile"), "reconcile.yml")

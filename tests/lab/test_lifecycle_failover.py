@@ -108,22 +108,10 @@ def request(lab: Lab, db_url: str) -> dict:
     return vm
 
 
-def marker(lab: Lab, public_ip: str, timeout: float = 120) -> str:
-    """The guest's marker, read by the client through the master's DNAT (as tests/lab/test_lifecycle.py)."""
-    probe = ("import socket,sys\ns=socket.create_connection((sys.argv[1],80),3)\ns.settimeout(3)\n"
-             "print(s.recv(200).decode().strip())")
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        out = lab.ssh("client", "python3", "-c", probe, public_ip, timeout=20)
-        if out.returncode == 0 and out.stdout.startswith("vcl-guest ready"):
-            return out.stdout.strip()
-        last = out.stderr.strip()[-200:]
-        time.sleep(1)
-    raise AssertionError(f"no marker from {public_ip} within {timeout:.0f} s (last: {last})")
 
 
 def reaches(lab: Lab, vm: dict) -> None:
-    assert marker(lab, vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
+    assert lab.marker(vm["public_ip"]) == f"vcl-guest ready {vm['private_ip']} {vm['mac']}"
 
 
 def kill(lab: Lab, host: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab.test_lifecycle import GROUP, marker, must, newest, play, reserve
+from tests.lab.test_lifecycle import GROUP, must, newest, play, reserve
 from vcl_lab import net
 from vcl_lab.guest.initramfs import TRIES_DONE, TRY_RE
 from vcl_lab.testing import REPO, Lab
@@ -171,7 +171,7 @@ def test_a_hostile_guest_reaches_nothing_of_the_lab(lab, hostile_lab):
     victim = newest(url)
     assert victim["state"] == "running" and victim["console_port"], victim
     victim_slave = lab.addresses[victim["slave"]]
-    marker(lab, victim["public_ip"])
+    lab.marker(victim["public_ip"])
 
     guest = next(i for i in service.list_images(url) if i["name"] == "vcl-guest")
     free = [str(a) for a in vm_net.hosts()][-8:]  # addresses at the top of the VM network, outside the pool's use
@@ -222,7 +222,7 @@ def test_a_hostile_guest_reaches_nothing_of_the_lab(lab, hostile_lab):
     peers = lab.ssh("client", "cat", PEERS_FILE).stdout.split()
     dhcp_rogue = hostile["private_ip"] in probe.stdout
     # Still served: the client reads the hostile VM's marker through its public address.
-    public_ok = marker(lab, hostile["public_ip"]).startswith(f"vcl-guest ready {hostile['private_ip']}")
+    public_ok = lab.marker(hostile["public_ip"]).startswith(f"vcl-guest ready {hostile['private_ip']}")
 
     table = [{"attempt": a, "what": what, "guest saw": results[a],
               "got through": results[a] in ("connected", "answered")} for a, what in attempts.items()]
@@ -247,4 +247,4 @@ def test_a_hostile_guest_reaches_nothing_of_the_lab(lab, hostile_lab):
     assert peers and set(peers) == {master}, peers
     assert public_ok
     # The victim is untouched: its marker still answers through its public address, from its own address.
-    assert marker(lab, victim["public_ip"]).startswith(f"vcl-guest ready {victim['private_ip']}")
+    assert lab.marker(victim["public_ip"]).startswith(f"vcl-guest ready {victim['private_ip']}")
