@@ -344,31 +344,29 @@ def expired_after_dispatch(snap: Snap) -> list[str]:
 
 # --- 3. and 6. reservations are promises -------------------------------------------------------------
 
-def one_seat_per_member(snap: Snap) -> list[str]:
-    """A member holds at most one live seat of a reservation."""
-    seen: dict[tuple[int | None, int], int] = {}
+def _live_seats_twice(snap: Snap, key, what) -> list[str]:
+    """Live AR instances that share ``key(i)`` (None: not counted); ``what(key)`` says what was doubled."""
+    seen: dict[tuple, int] = {}
     bad = []
     for i in snap.live():
-        if i.kind != "AR" or i.user_id is None:
+        k = key(i) if i.kind == "AR" else None
+        if k is None:
             continue
-        key = (i.reservation_id, i.user_id)
-        if key in seen:
-            bad.append(f"user {i.user_id} holds two seats of reservation {i.reservation_id}: {seen[key]} and {i.id}")
-        seen[key] = i.id
+        if k in seen:
+            bad.append(f"{what(k)}: {seen[k]} and {i.id}")
+        seen[k] = i.id
     return bad
+
+
+def one_seat_per_member(snap: Snap) -> list[str]:
+    """A member holds at most one live seat of a reservation."""
+    return _live_seats_twice(snap, lambda i: (i.reservation_id, i.user_id) if i.user_id is not None else None,
+                             lambda k: f"user {k[1]} holds two seats of reservation {k[0]}")
 
 
 def one_instance_per_seat(snap: Snap) -> list[str]:
-    seen: dict[tuple[int | None, int | None], int] = {}
-    bad = []
-    for i in snap.live():
-        if i.kind != "AR":
-            continue
-        key = (i.reservation_id, i.seat)
-        if key in seen:
-            bad.append(f"seat {key} has two live instances: {seen[key]} and {i.id}")
-        seen[key] = i.id
-    return bad
+    return _live_seats_twice(snap, lambda i: (i.reservation_id, i.seat),
+                             lambda k: f"seat {k} has two live instances")
 
 
 def seats_not_running(snap: Snap, skip_seats: set[tuple[int, int]]) -> list[str]:
