@@ -1,6 +1,6 @@
 """Class sessions through the playbooks on the controller alone (no lab): a teacher's weekly session through
 reserve.yml with acting_user, the teacher's view through session.yml, a student refused, and bad input refused
-naming the field with nothing written. Taking a seat launches a VM: tests/lab/test_class_session.py."""
+naming the field with nothing written. Taking a seat launches a VM: tests/lab/test_lifecycle_class.py."""
 
 from __future__ import annotations
 
