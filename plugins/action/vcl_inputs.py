@@ -68,7 +68,7 @@ def check(field: str, kind: str, value: Any) -> None:
         what = "true or false" if kind == "bool" else "now or a date and time"
         raise ValidationError(field, f"{v.shown(value)} is not {what}")
     elif kind == "bool":
-        if value.strip().lower() not in _TRUE | _FALSE:
+        if not isinstance(value, bool) and value.strip().lower() not in _TRUE | _FALSE:
             raise ValidationError(field, f"{v.shown(value)} is not true or false")
     elif kind == "start":
         if value.strip() != "now":
