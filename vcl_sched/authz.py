@@ -25,17 +25,7 @@ from .models import Image
 DEFAULT_PLATFORM_VALUE = 5.0  # PfV of a request without an image (the paper's worked examples use 5)
 
 _IMAGE_PFV = db.Prepared(select(Image.platform_value).where(Image.id == bindparam("iid")))
-
-
-def fresh(q: Any, actor: Actor) -> Actor:
-    """The actor with their role as the database has it now (a user demoted or removed since they logged in
-    loses the rights at once); the controller's admin stays admin."""
-    if actor.user_id is None:
-        return actor
-    info = people.user_info(q, actor.name)
-    if info is None or info[0] != actor.user_id:
-        raise ForbiddenError(f"user: {actor.name} is no longer a user of this lab")
-    return Actor(actor.name, info[1], actor.user_id)
+fresh = people.fresh  # the acting user with their role as the database has it now
 
 
 def owns(q: Any, actor: Actor, group_id: int) -> bool:

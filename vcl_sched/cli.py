@@ -149,11 +149,11 @@ def cmd_reserve(args: argparse.Namespace) -> int:
         fields = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run"}
         bookings.check_fields(start=args.start, seats=args.seats, disk_gb=getattr(args, "disk_gb", None),
                               prelaunch=args.prelaunch, **fields)
-        series = _series_args(args)
+        series = sessions.series_fields(args.weekdays, args.weeks)
         extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
         return _submit(args, "reserve", {**extravars, **series, "start": args.start, "seats": args.seats,
                                          "prelaunch": bool(args.prelaunch)})
-    series = _series_args(args)
+    series = sessions.series_fields(args.weekdays, args.weeks)
     if series:
         result = sessions.reserve_series(start=args.start, seats=args.seats, prelaunch=args.prelaunch, **series,
                                          **_request_kwargs(args))
@@ -162,18 +162,6 @@ def cmd_reserve(args: argparse.Namespace) -> int:
     result = service.reserve(start=args.start, seats=args.seats, prelaunch=args.prelaunch, **_request_kwargs(args))
     emit(args, result, reservation_text)
     return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
-
-
-def _series_args(args: argparse.Namespace) -> dict[str, Any]:
-    """--weekdays and --weeks together (a weekly session), checked here, or neither."""
-    if (args.weekdays is None) != (args.weeks is None):
-        raise ValidationError("weeks" if args.weeks is None else "weekdays",
-                              "a weekly session needs --weekdays and --weeks together")
-    if args.weekdays is None:
-        return {}
-    days = sessions.parse_weekdays(args.weekdays)
-    return {"weekdays": ",".join(sessions.WEEKDAYS[d] for d in days),
-            "weeks": whole("weeks", args.weeks, 1, sessions.MAX_WEEKS)}
 
 
 def _series_text(r: dict[str, Any]) -> str:

@@ -162,15 +162,21 @@ def _new_user(q: Session | db.Direct, name: str, role: str, auth: str, password_
 
 # --- who acts, and what they may do -----------------------------------------------------------------
 
-def _acting(q: Session | db.Direct) -> tuple[Actor, str, int | None]:
-    """The acting user, their role as the database has it now, and their id (None: the controller)."""
-    actor = acting.current()
+def fresh(q: Session | db.Direct, actor: Actor) -> Actor:
+    """``actor`` with their role as the database has it now (a user demoted or removed since they logged in loses
+    the rights at once); the controller's admin stays admin."""
     if actor.is_controller:
-        return actor, ADMIN, None
+        return actor
     info = user_info(q, actor.name)
     if info is None or (actor.user_id is not None and info[0] != actor.user_id):
         raise ForbiddenError(f"acting user: {actor.name!r} is not a user of the lab (any more)")
-    return actor, info[1], info[0]
+    return Actor(actor.name, info[1], info[0])
+
+
+def _acting(q: Session | db.Direct) -> tuple[Actor, str, int | None]:
+    """The acting user, their role as the database has it now, and their id (None: the controller)."""
+    actor = fresh(q, acting.current())
+    return actor, actor.role, actor.user_id
 
 
 def _admin_only(q: Session | db.Direct, what: str) -> Actor:

@@ -57,6 +57,18 @@ def parse_weekdays(value: Any) -> tuple[int, ...]:
     return tuple(sorted(days))
 
 
+def series_fields(weekdays: Any, weeks: Any) -> dict[str, Any]:
+    """``weekdays`` and ``weeks`` of a weekly session, checked, or {} when neither is given (one of them alone is
+    an error naming the other)."""
+    if (weekdays is None) != (weeks is None):
+        raise ValidationError("weeks" if weeks is None else "weekdays",
+                              "a weekly session needs weekdays and weeks together")
+    if weekdays is None:
+        return {}
+    return {"weekdays": ",".join(WEEKDAYS[d] for d in parse_weekdays(weekdays)),
+            "weeks": whole("weeks", weeks, 1, MAX_WEEKS)}
+
+
 def occurrences(first: datetime, weekdays: tuple[int, ...], weeks: int) -> list[datetime]:
     """The starts of a weekly series: on each of ``weekdays``, at ``first``'s time of day, in the ``weeks`` weeks
     from ``first``'s week (days of the first week before ``first`` are skipped)."""

@@ -56,13 +56,12 @@ class ActionModule(VclControllerAction):
             if args["disk_gb"] is not None:
                 raise AnsibleActionFail("disk_gb: only a best-effort request (start=now) takes a disk size;"
                                         " a reservation uses the image's")
-            if (args["weekdays"] is None) != (args["weeks"] is None):
-                raise AnsibleActionFail("weeks: a weekly session needs weekdays and weeks together")
-            if args["weekdays"] is not None:
-                from vcl_sched import sessions
+            from vcl_sched import sessions
 
+            weekly = sessions.series_fields(args["weekdays"], args["weeks"])
+            if weekly:
                 series = sessions.reserve_series(start=start, seats=args["seats"], prelaunch=args["prelaunch"],
-                                                 weekdays=args["weekdays"], weeks=args["weeks"], **common)
+                                                 **weekly, **common)
                 return {"changed": series["series"] is not None, "result": series, "kind": "series"}
             result = service.reserve(start=start, seats=args["seats"], prelaunch=args["prelaunch"], **common)
             kind = "AR"
