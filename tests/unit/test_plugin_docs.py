@@ -17,7 +17,7 @@ PLUGINS = [
     ("module", p.stem) for p in sorted((REPO / "plugins/modules").glob("*.py"))
 ] + [
     (kind, p.stem)
-    for kind, folder in (("inventory", "inventory"), ("filter", "filter"))
+    for kind, folder in (("inventory", "inventory"), ("filter", "filter"), ("lookup", "lookup"))
     for p in sorted((REPO / "plugins" / folder).glob("*.py"))
     if not p.stem.startswith("_")
 ]
