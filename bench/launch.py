@@ -20,7 +20,8 @@ interleaved (their order rotates every round), after ``--warmup`` untimed rounds
   dhcpd over OMAPI, with ``omshell`` and the key read from the master's key file on the master; the alias's
   interfaces.d file, ``ip addr add PUB/32 dev eth0``, ``iptables -t nat -N/-A`` the chain VCL-VM-N and
   its jumps from VCL-PREROUTING and VCL-OUTPUT), one on the slave (``qemu-img create -f qcow2 -b base
-  -F qcow2``, the domain XML on stdin, ``virsh define --validate``, ``virsh start``) and
+  -F qcow2``, the domain XML on stdin, with the slave's network filter ``vcl-vm`` and the VM's address as
+  launch.yml renders it, ``virsh define --validate``, ``virsh start``) and
   ``lifecycle.mark_running``. Not in the floor (reported apart): the image rsync the playbook runs only
   when the slave's cache lacks the image (it is copied to both slaves before the rounds, so launch.yml
   skips it; a no-op rsync is timed for reference) and persisting the alias and the iptables ruleset,
@@ -87,6 +88,7 @@ DHCPD_PID_FILE = "/run/dhcpd.pid"
 ALIASES_DIR = "/etc/network/interfaces.d"
 RULES_FILE = "/etc/iptables/rules.v4"
 POLL = 0.2
+VM_FILTER = "vcl-vm"  # the kvm role's default kvm__vm_filter
 
 # Run on the client: connect to the VM's public address, port 80, every POLL s until the marker is read.
 MARKER_POLLER = """
@@ -325,7 +327,10 @@ true
             vm__domain_mac=spec["mac"], vm__domain_bridge="br0", vm__domain_kernel=kernel, vm__domain_initrd=initrd,
             vm__domain_cmdline=spec["image_cmdline"] or "",
             vm__domain_serial_log=f"{INSTANCE_DIR}/{domain}.log", vm__domain_vnc_listen=spec["slave_address"],
-            vm__domain_vnc_password=password)
+            vm__domain_vnc_password=password,
+            # The slave's network filter with the VM's address, as launch.yml gives it (the kvm role's vcl-vm):
+            # libvirt instantiates its rules at the start, most of what starting the domain costs.
+            vm__domain_filter=VM_FILTER, vm__domain_ip=spec["private_ip"])
 
     def domain_present(self, spec: dict, full_copy: bool) -> tuple[str, str]:
         """The slave's script and its domain XML (sent on stdin)."""
