@@ -20,7 +20,7 @@ from ansible.utils.unsafe_proxy import wrap_var
 from ansible.utils.vars import load_extra_vars
 
 KINDS = ["id", "ids", "name", "cores", "ram_mb", "disk_gb", "hours", "seats", "number", "flag", "bool", "start",
-         "attempts", "seconds", "path", "weekdays", "weeks"]  # fmt: skip
+         "attempts", "lanes", "seconds", "path", "weekdays", "weeks"]  # fmt: skip
 ARGUMENT_SPEC = {
     "fields": {"type": "dict", "required": True},
     "required": {"type": "list", "elements": "str", "default": []},
@@ -84,6 +84,8 @@ def check(field: str, kind: str, value: Any) -> None:
         v.whole(field, value, 1, MAX_WEEKS)
     elif kind == "attempts":
         v.whole(field, value, 1, 3)
+    elif kind == "lanes":  # launches at once per slave (dispatch.yml; the filter vcl_lanes has the same bound)
+        v.whole(field, value, 1, 16)
     elif kind == "seconds":
         v.bounded(field, value, 0.01, 60)
     elif kind == "path":

@@ -27,8 +27,9 @@ options:
       - C(id) a whole number in 1..2147483647; C(ids) one or more ids (C(N) or C(N,M,...)); C(name) a name
         (1-63 letters, digits, C(.), C(_), C(-)); C(cores), C(ram_mb), C(disk_gb), C(hours), C(seats) the
         scheduler's bounds; C(number) a number in 0..1000000; C(flag) 0, 1 or a boolean; C(bool) a boolean;
-        C(start) C(now) or a date and time; C(attempts) 1..3; C(seconds) 0.01..60; C(path) a normalised absolute
-        path of letters, digits and C(._@+-); C(weekdays) weekday names like C(mon,wed); C(weeks) 1..52.
+        C(start) C(now) or a date and time; C(attempts) 1..3; C(lanes) 1..16; C(seconds) 0.01..60; C(path) a
+        normalised absolute path of letters, digits and C(._@+-); C(weekdays) weekday names like C(mon,wed);
+        C(weeks) 1..52.
     type: dict
     required: true
   required:
