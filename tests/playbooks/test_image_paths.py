@@ -1,7 +1,7 @@
 """Confined image paths in the playbooks (issue 12 item 3), run for real by ansible-playbook against localhost:
 the vcl_image action refuses paths out of the store naming the option; site.yml's Images play (the play itself,
 read from playbooks/site.yml) refuses bad lab_images and lab_image_store before anything is copied or declared;
-the launch's copy step (read from roles/vm/tasks/launch_attempt.yml) checks the database's row again and where it
+the launch's copy step (read from roles/vm/tasks/launch_image.yml) checks the database's row again and where it
 leads on the master before rsync runs."""
 
 from __future__ import annotations
@@ -243,8 +243,11 @@ def test_the_images_play_refuses_images_that_are_not_a_list(lab, store, source):
 # --- the launch's copy step -------------------------------------------------------------------------------------
 
 def _copy_step() -> dict:
-    tasks = yaml.safe_load((REPO / "roles" / "vm" / "tasks" / "launch_attempt.yml").read_text())
-    (step,) = [t for t in tasks[0]["block"] if t["name"].startswith("Copy the image into the slave's cache")]
+    tasks = yaml.safe_load((REPO / "roles" / "vm" / "tasks" / "launch_image.yml").read_text())
+    (step,) = [t for t in tasks if t["name"].startswith("Copy the image into the slave's cache")]
+    attempt = yaml.safe_load((REPO / "roles" / "vm" / "tasks" / "launch_attempt.yml").read_text())
+    (include,) = [t for t in attempt[0]["block"] if t.get("ansible.builtin.include_tasks") == "launch_image.yml"]
+    assert include["when"] == "vm__launch_register_domain.missing | default([]) | length > 0"
     return step
 
 

@@ -25,7 +25,7 @@ from vcl_lab.testing import REPO
 from vcl_sched import runner, service
 
 KNOBS = ["launch_attempts", "vm__launch_attempts", "launch_console_dir", "vm__launch_console_dir",
-         "launch_poll_interval", "vm__launch_poll_interval"]  # fmt: skip
+         "launch_poll_interval", "vm__launch_poll_interval", "vm__launch_net_async"]  # fmt: skip
 # Each playbook's extra variables, and values of the others that pass the check (so the field at fault is named).
 PLAYBOOKS = {
     "launch": (["id", "reserve__launch_id", "vm__launch_id", *KNOBS], {"id": "1"}),
@@ -35,7 +35,8 @@ PLAYBOOKS = {
     "reserve": (["owner", "user", "cores", "ram_mb", "hours", "start", "platform_value", "register_as_slave", "member",
                  "image", "disk_gb", "seats", "reserve_no_launch"],
                 {"owner": "cs", "cores": "1", "ram_mb": "256", "hours": "2", "reserve_no_launch": "true"}),
-    "dispatch": (["vm__stop_id", "vm__suspend_id", "vm__launch_id", "vm__resume_id", *KNOBS], {}),
+    "dispatch": (["vm__stop_id", "vm__suspend_id", "vm__launch_id", "vm__resume_id", *KNOBS,
+                  "dispatch_launches_per_slave"], {}),
     "reconcile": (["kvm__instance_dir", "vm__unnet_id", "launch_console_dir", "vm__launch_console_dir"], {}),
 }
 CASES = [(book, field) for book, (fields, _) in PLAYBOOKS.items() for field in fields]
@@ -175,12 +176,19 @@ def test_a_valid_request_still_goes_through(lab):
 
 
 def test_the_launch_makes_the_console_directory_0700(lab):
-    """The password lookup leaves an existing directory as it is (0755 here): the launch makes it 0700 first."""
+    """An existing directory (0755 here) is made 0700 when the launch writes the VM's password (0600) into it,
+    before anything reaches a host (the closed port that stands for the master: the launch then fails)."""
     url, inventory, tmp = lab
     consoles = tmp / "home" / "consoles"
     consoles.mkdir(parents=True)
     consoles.chmod(0o755)
-    recap = run_playbook(inventory, REPO / "playbooks/launch.yml", "-e", "id=7", "-e", f"launch_console_dir={consoles}",
-                         cwd=REPO, env={"VCL_DB_URL": url})  # fmt: skip
-    assert not recap.ok  # instance 7 does not exist: the lease names it
+    now = {"VCL_DB_URL": url, "VCL_NOW": "2026-11-22 10:00"}
+    extra = [f"-e{key}={value}" for key, value in PLAYBOOKS["reserve"][1].items()]
+    assert run_playbook(inventory, REPO / "playbooks/reserve.yml", *extra, cwd=REPO, env=now).ok
+    (iid,) = [vm["id"] for vm in service.list_instances(url)]
+    recap = run_playbook(inventory, REPO / "playbooks/launch.yml", "-e", f"id={iid}", "-e",
+                         f"launch_console_dir={consoles}", cwd=REPO, env=now)  # fmt: skip
+    assert not recap.ok and "master" in recap.stdout, recap.stdout[-2000:]
     assert stat.S_IMODE(os.stat(consoles).st_mode) == 0o700, recap.stdout[-2000:]
+    (password,) = consoles.iterdir()
+    assert password.name.startswith(f"vm-{iid}-") and stat.S_IMODE(password.stat().st_mode) == 0o600
