@@ -175,9 +175,11 @@ def test_a_valid_request_still_goes_through(lab):
     assert len(service.list_instances(url, include_all=True)) == 1
 
 
-def test_the_launch_makes_the_console_directory_0700(lab):
+def test_the_launch_makes_the_console_directory_0700_and_a_master_that_does_not_answer_undoes_it(lab):
     """An existing directory (0755 here) is made 0700 when the launch writes the VM's password (0600) into it,
-    before anything reaches a host (the closed port that stands for the master: the launch then fails)."""
+    before anything reaches a host. The master does not answer (a closed port stands for it): the attempt is
+    undone (claim given back, password forgotten, the address pair quarantined until reconcile sees the master),
+    no other slave is tried, and the instance waits, pending, for the next dispatch."""
     url, inventory, tmp = lab
     consoles = tmp / "home" / "consoles"
     consoles.mkdir(parents=True)
@@ -188,7 +190,13 @@ def test_the_launch_makes_the_console_directory_0700(lab):
     (iid,) = [vm["id"] for vm in service.list_instances(url)]
     recap = run_playbook(inventory, REPO / "playbooks/launch.yml", "-e", f"id={iid}", "-e",
                          f"launch_console_dir={consoles}", cwd=REPO, env=now)  # fmt: skip
-    assert not recap.ok and "master" in recap.stdout, recap.stdout[-2000:]
+    assert not recap.ok and f"instance {iid} waits: " in recap.stdout and "master did not answer" in recap.stdout, \
+        recap.stdout[-3000:]
     assert stat.S_IMODE(os.stat(consoles).st_mode) == 0o700, recap.stdout[-2000:]
-    (password,) = consoles.iterdir()
-    assert password.name.startswith(f"vm-{iid}-") and stat.S_IMODE(password.stat().st_mode) == 0o600
+    assert list(consoles.iterdir()) == [], recap.stdout[-2000:]  # written (0600), then forgotten by the undo
+    (vm,) = service.list_instances(url)
+    assert vm["state"] == "pending" and vm["slave"] is None and vm["mac"] is None, vm
+    assert service.list_slaves(url)[0]["cores_used"] == 0
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        assert conn.execute("SELECT count(*) FROM address_pairs WHERE stale_instance = ?", (iid,)).fetchone() == (1,)
+        assert conn.execute("SELECT lease_owner FROM instances WHERE id = ?", (iid,)).fetchone() == (None,)
