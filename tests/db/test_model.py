@@ -664,3 +664,27 @@ def test_a_seat_never_waits_behind_claimed_best_effort(db_url):
     snap = snapshot(db_url, FIRST + timedelta(hours=1))
     assert seats_not_running(snap, set()) == []
     assert seat_waits_behind_best_effort(snap) == []
+
+
+def test_a_prelaunched_seat_suspends_best_effort_on_its_own_slave_before_the_bell(db_url):
+    """M4: at start - lead a prelaunched seat starts on its own slave, suspending a best-effort VM there, so it
+    runs when its window opens. (The model found its invariant 6 too strict before the bell: a prelaunched seat
+    whose assignment lost its slave waits until the window opens, then goes anywhere, suspending as needed.)"""
+    _one_slave_lab(db_url, 4)
+    start = FIRST + timedelta(hours=1)
+    r = service.reserve(owner="cs", seats=1, cores=2, ram_mb=1024, start=start, hours=1, platform_value=5,
+                        register_as_slave=0, member=0, prelaunch=True, url=db_url)
+    assert r["state"] == "accepted"
+    be = service.request(cores=2, ram_mb=512, hours=3, platform_value=0, **BE, url=db_url)
+    lifecycle.mark_running(be["id"], url=db_url, lease_token=lifecycle.lease(be["id"], db_url)["lease"])
+    service.request(cores=2, ram_mb=512, hours=3, platform_value=1, **BE, url=db_url)  # fills the slave
+    early = start - timedelta(minutes=service.get_settings(db_url).prelaunch_lead_minutes)
+    clock(early)
+    done = simulate.run_dispatch(url=db_url)
+    snap = snapshot(db_url, early)
+    (seat,) = [i for i in snap.instances if i.kind == "AR"]
+    assert done["suspended"] and seat.state == "running", (done, seat)
+    assert seat_waits_behind_best_effort(snap) == []
+    clock(start)
+    simulate.run_dispatch(url=db_url)
+    assert seats_not_running(snapshot(db_url, start), set()) == []
