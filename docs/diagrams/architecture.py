@@ -230,8 +230,8 @@ def draw() -> Drawing:
               "placed at once when it fits; a date: an advance reservation)."),
         ("2", "launch (role vm): vcl_instance place claims a slave's cores, RAM, disk, a MAC and a (public, "
               "private) address pair in one transaction, unless the request holds them already."),
-        ("3", "vcl_vm_net on the master: the VM's DHCP host entry (checked with dhcpd -t), its public alias and "
-              "its DNAT chain, in one task, in the background."),
+        ("3", "vcl_vm_net on the master: the VM's DHCP host entry (checked with dhcpd -t, given to dhcpd over "
+              "OMAPI), its public alias and its DNAT chain, in one task."),
         ("4", "When the slave's cache lacks the image, the master copies it there with rsync."),
         ("5", "vcl_domain on the slave: a qcow2 overlay on the cached image, the domain defined (validated) and "
               "started; the database records it running."),
