@@ -25,8 +25,8 @@ from ansible.utils.unsafe_proxy import wrap_var
 
 # Imported here, when the module is loaded: ansible-playbook's strategies load an action's class in their own
 # process before they fork the task's worker, so every worker inherits vcl_sched and SQLAlchemy already imported
-# instead of importing them again (about 0.4 s of CPU per database task on a small controller; a launch has
-# four). Without vcl_sched, run() says how to install it.
+# instead of importing them again (about 0.3 s per database task on a small controller; a launch has three, four
+# on someone's behalf). Without vcl_sched, run() says how to install it.
 for _module in ("vcl_sched.lifecycle", "vcl_sched.service", "vcl_sched.sessions"):  # SQLAlchemy, models, authz...
     try:
         importlib.import_module(_module)
