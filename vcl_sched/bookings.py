@@ -19,13 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import acting, authz, calendar, config, db, placement, preempt, promises
+from . import acting, authz, calendar, config, db, disks, placement, preempt, promises
 from .audit import audit
 from .catalogue import get_settings, group_ref, image_ref, user_ref
 from .claims import ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
-from .errors import CapacityError, ForbiddenError
+from .errors import CapacityError, ConflictError, ForbiddenError, ValidationError
 from .models import Group, Instance, InstanceState, Reservation, ReservationState
 from .priority import PLATFORM_VALUE_CEILING, parse_priority_inputs, priority
 from .validate import MAX_CORES, MAX_DISK_GB, MAX_RAM_MB, MAX_SEATS, check_name, flag_value, hours_value, iso, whole
@@ -100,7 +101,7 @@ def _bounded_pfv(derived: Any, given: Any, settings: config.Settings) -> Any:
 def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"id": r.id, "owner": owner, "seats": r.seats, "cores": r.cores, "ram_mb": r.ram_mb,
             "priority": round(r.priority, 6), "prelaunch": bool(r.prelaunch), "series": r.series_id,
-            "platform_value": r.platform_value, "member": r.member,
+            "platform_value": r.platform_value, "member": r.member, "keep_disks": bool(r.keep_disks),
             "state": str(r.state), "requested_start": iso(r.requested_start), "start": iso(r.start),
             "end": iso(r.end), "hours": r.hours, "rescheduled": r.rescheduled, "reason": r.reason,
             "moved": list(moves)}
@@ -109,7 +110,7 @@ def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]]
 def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, platform_value: Any = None,
             register_as_slave: Any = 0, member: Any = None, image: str | None = None, user: str | None = None,
             seats: Any = 1, prelaunch: Any = True, series_id: int | None = None, dry_run: bool = False,
-            url: str | None = None) -> dict[str, Any]:
+            keep_disks: Any = False, url: str | None = None) -> dict[str, Any]:
     """An advance reservation (SPEC §4): a block of ``seats`` seats of (``cores``, ``ram_mb``) for a group over
     a window; accepted (maybe moved later, maybe moving lower-priority bookings later) or refused with
     the reason. The block must fit in the pool at every instant of its window, and its seats must be
@@ -124,6 +125,7 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
     (``sessions.take_seat``)."""
     owner = check_name("owner", owner)
     prelaunch_n = flag_value("prelaunch", prelaunch)
+    keep_n = flag_value("keep_disks", keep_disks)
     seats_n = whole("seats", seats, 1, MAX_SEATS)
     cores_n = whole("cores", cores, 1, MAX_CORES)
     ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
@@ -143,6 +145,9 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
         group_id = group_ref(session, owner)
         authz.check_book(session, actor, group_id, owner)
         img = image_ref(session, image)
+        if keep_n and img is None:
+            raise ValidationError("keep_disks", "a session keeps its seats' disks of an image: name the image")
+        disks.check_image_for_group(session, img[0] if img else None, group_id, owner, image)
         if actor.is_admin:
             user_id = user_ref(session, user_name)[0] if user_name is not None else None
         else:
@@ -155,7 +160,7 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
                                   hours_f * 60, mon, settings)
         existing = _bookings(session, start_dt, now)
         res = Reservation(group_id=group_id, user_id=user_id, image_id=img[0] if img else None,
-                          prelaunch=prelaunch_n, series_id=series_id,
+                          prelaunch=prelaunch_n, series_id=series_id, keep_disks=keep_n,
                           seats=seats_n, cores=cores_n, ram_mb=ram_n, requested_start=start_dt, start=None, end=None,
                           hours=hours_f, platform_value=inputs.platform_value,
                           register_as_slave=inputs.register_as_slave, member=inputs.member, priority=pi,
@@ -231,7 +236,7 @@ def running_be(q: Session | db.Direct) -> list[preempt.RunningVM]:
 
 def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: Any = None,
             register_as_slave: Any = 0, member: Any = None, disk_gb: Any = None, image: str | None = None,
-            user: str | None = None, dry_run: bool = False, explain: bool = True,
+            user: str | None = None, dry_run: bool = False, explain: bool = True, keep_disk: Any = False,
             url: str | None = None) -> dict[str, Any]:
     """A best-effort VM now (SPEC §3, §4): placed and claimed (cores, RAM, disk, MAC, address pair,
     in one transaction), or the preemption plan (which lower-priority BE VMs to suspend), or wait.
@@ -249,26 +254,33 @@ def request(*, owner: str, cores: Any, ram_mb: Any, hours: Any, platform_value: 
     ram_n = whole("ram_mb", ram_mb, 1, MAX_RAM_MB)
     disk_n = whole("disk_gb", disk_gb, 0, MAX_DISK_GB) if disk_gb is not None else None
     user_name = check_name("user", user) if user is not None else None
+    keep_n = flag_value("keep_disk", keep_disk)
     db.require_schema(url)
     rng = random.Random()  # noqa: S311 - spreads tie-breaks after a lost race; not a secret
     for attempt in range(50):
         with db.read_direct(url) as q:
             plan = _decide_best_effort(q, owner, cores_n, ram_n, disk_n, hours, platform_value,
                                        register_as_slave, member, image, user_name, dry_run,
-                                       tie_break="random" if attempt else "lowest-id", rng=rng, explain=explain)
+                                       tie_break="random" if attempt else "lowest-id", rng=rng, explain=explain,
+                                       keep_disk=keep_n)
         if dry_run or plan.refused:
             return plan.answer
         try:
             return commit_claim(plan, url)
         except StaleClaim:
             continue
+        except IntegrityError as err:
+            if "uq_instances_live_keep" not in str(err):
+                raise
+            raise ConflictError("keep_disk: another VM keeps this user's disk of that image (it started just"
+                                " now)") from None
     raise CapacityError("the slaves kept changing under this request: gave up after 50 attempts")
 
 
 def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk_n: int | None, hours: Any,
                         platform_value: Any, register_as_slave: Any, member: Any, image: str | None,
                         user_name: str | None, dry_run: bool, tie_break: str, rng: random.Random,
-                        explain: bool = True) -> ClaimPlan:
+                        explain: bool = True, keep_disk: int = 0) -> ClaimPlan:
     settings = db.load_settings(q)
     hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
@@ -280,7 +292,16 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
     if not actor.is_admin:
         user_name = actor.name
     img = image_ref(q, image)
+    disks.check_image_for_group(q, img[0] if img else None, group_id, owner, image)
+    if keep_disk and (img is None or user_name is None):
+        raise ValidationError("keep_disk", "a disk is kept per user and image: name the image (and, as an admin,"
+                                           " the user)")
     user_id = authz.user_id_of(q, user_name) if user_name is not None else None
+    if keep_disk:
+        keeper = disks.live_keeper(q, user_id, img[0] if img else None)
+        if keeper is not None:
+            raise ConflictError(f"keep_disk: instance {keeper} already keeps {user_name}'s disk of image {image}:"
+                                " one VM at a time starts from a kept disk")
     pfv, mon = authz.priority_inputs(q, actor, group_id, img[0] if img else None, user_id, platform_value, member)
     pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), register_as_slave, ram_n,
                               hours_n * 60, mon, settings)
@@ -290,7 +311,9 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
                               "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
                               "register_as_slave": inputs.register_as_slave, "id": None}
     plan = ClaimPlan(answer, group_id, img[0] if img else None, user_name, demand, pi, settings.decline_limit,
-                     settings.mac_prefix, hours=hours_n)
+                     settings.mac_prefix, hours=hours_n, keep_disk=keep_disk)
+    if keep_disk:
+        answer["keep_disk"] = True
     # The look-ahead (SPEC §4): the longest span, up to the hours asked, over which the VM fits on a slave beside
     # every commitment there (seats of accepted reservations, VMs until their ends) except best-effort VMs of
     # strictly lower priority, which it may suspend. With no reservation ahead, commitments only shrink over

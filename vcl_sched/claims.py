@@ -188,7 +188,7 @@ _SET_ADDRESSES = db.Prepared(update(Instance).where(Instance.id == bindparam("ii
                              .values(mac=bindparam("mac"), private_ip=bindparam("priv"), public_ip=bindparam("pub")))
 _NEW_INSTANCE = db.Prepared(insert(Instance).returning(Instance.id), (
     "image_id", "group_id", "user_id", "slave_id", "cores", "ram_mb", "disk_gb", "state", "kind", "priority",
-    "register_as_slave", "hours", "ends_at", "created_at", "updated_at"))
+    "register_as_slave", "hours", "ends_at", "created_at", "updated_at", "keep_disk"))
 _COUNT_PAIRS = db.Prepared(select(func.count(), func.count(AddressPair.instance_id),
                                   func.count(AddressPair.stale_instance)).select_from(AddressPair))
 _DECLINE = db.Prepared(update(User).where(User.id == bindparam("uid"), User.declines < bindparam("limit"))
@@ -275,6 +275,7 @@ class ClaimPlan:
     slave: placement.SlaveState | None = None
     ends: datetime | None = None
     hours: int | None = None  # asked for: a queued request's end is fixed when it launches
+    keep_disk: int = 0  # keeps its disk at stop and starts from the user's kept disk of the image (SPEC §10)
     refused: bool = False  # can never fit: nothing is written
 
 
@@ -318,7 +319,7 @@ def _apply_best_effort(tx: db.Direct, plan: ClaimPlan) -> dict[str, Any]:
               "cores": plan.demand.cores, "ram_mb": plan.demand.ram_mb, "disk_gb": plan.demand.disk_gb,
               "state": InstanceState.PENDING, "kind": InstanceKind.BE, "priority": plan.priority,
               "register_as_slave": answer["register_as_slave"], "hours": plan.hours, "ends_at": None,
-              "created_at": now, "updated_at": now}
+              "created_at": now, "updated_at": now, "keep_disk": plan.keep_disk}
     if plan.slave is None:  # wait or suspend first: keep it in the queue (pending, no slave) for the dispatcher
         inst_id = _NEW_INSTANCE.scalar(tx, values)
         answer["id"] = inst_id

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
-from . import __version__, acting, bookings, cli_people, config, db, people, service, sessions
+from . import __version__, acting, bookings, cli_disks, cli_people, config, db, people, service, sessions
 from .errors import ValidationError, VclError
 from .tables import (
     EXIT_ERROR,
@@ -151,15 +151,17 @@ def cmd_reserve(args: argparse.Namespace) -> int:
                               prelaunch=args.prelaunch, **fields)
         series = sessions.series_fields(args.weekdays, args.weeks)
         extravars = {k: v for k, v in _request_kwargs(args).items() if k != "dry_run" and v is not None}
+        keep = {"keep_disk": True} if args.keep_disks else {}
         return _submit(args, "reserve", {**extravars, **series, "start": args.start, "seats": args.seats,
-                                         "prelaunch": bool(args.prelaunch)})
+                                         "prelaunch": bool(args.prelaunch), **keep})
     series = sessions.series_fields(args.weekdays, args.weeks)
     if series:
         result = sessions.reserve_series(start=args.start, seats=args.seats, prelaunch=args.prelaunch, **series,
-                                         **_request_kwargs(args))
+                                         keep_disks=args.keep_disks, **_request_kwargs(args))
         emit(args, result, _series_text)
         return EXIT_OK if result["accepted"] else EXIT_NOT_SERVED
-    result = service.reserve(start=args.start, seats=args.seats, prelaunch=args.prelaunch, **_request_kwargs(args))
+    result = service.reserve(start=args.start, seats=args.seats, prelaunch=args.prelaunch, keep_disks=args.keep_disks,
+                             **_request_kwargs(args))
     emit(args, result, reservation_text)
     return EXIT_OK if result["state"] == "accepted" else EXIT_NOT_SERVED
 
@@ -210,7 +212,7 @@ def cmd_session_show(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    result = service.request(disk_gb=args.disk_gb, **_request_kwargs(args))
+    result = service.request(disk_gb=args.disk_gb, keep_disk=args.keep_disk, **_request_kwargs(args))
     emit(args, result, request_text)
     return EXIT_OK if result["decision"] == "place" else EXIT_NOT_SERVED
 
@@ -385,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
 
     cli_people.add_commands(sub, add)  # `vcl user ...` and `vcl group ...`
+    cli_disks.add_commands(sub, add, _run_options, _submit)  # `vcl disk ...`
 
     slv = sub.add_parser("slave", help="the KVM hosts of the pool").add_subparsers(dest="sub", required=True)
     p = add("add", cmd_slave_add, "register a slave with its capacity", slv)
@@ -427,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prelaunch", action="store_false", dest="prelaunch",
                    help="start each seat when a member takes it (default: every seat runs when the window opens,"
                         " started prelaunch_lead_minutes before)")
+    p.add_argument("--keep-disks", action="store_true", dest="keep_disks",
+                   help="every seat starts from its holder's kept disk of --image and keeps it at the end (SPEC §10)")
     p.add_argument("--weekdays", help="a weekly session: on these days (mon,wed), at --start's time of day")
     p.add_argument("--weeks", help="a weekly session: for this many weeks from --start's week (1..52)")
     p.add_argument("--run", action="store_true",
@@ -453,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     _request_options(p)
     p.add_argument("--hours", required=True, help="1..look-ahead limit (booking.lookahead_max_hours)")
     p.add_argument("--disk-gb", dest="disk_gb", help="default: the image's")
+    p.add_argument("--keep-disk", action="store_true", dest="keep_disk",
+                   help="start from your kept disk of --image (if any) and keep the disk when the VM stops")
 
     p = add("reservations", cmd_reservations, "list reservations (accepted and active; --all for every one)")
     p.add_argument("--all", action="store_true")

@@ -28,6 +28,8 @@ from .validate import bounded, num_text, shown, text_problem, unicast_problem, w
 
 DEFAULT_MAC_PREFIX = "52:54:00"  # the KVM/QEMU locally administered prefix
 DEFAULT_IMAGE_STORE = "/var/lib/vcl/images"
+# Where the master keeps users' persistent disks (SPEC §10): STORE/USER_ID/DISK_ID-GENERATION.qcow2.
+DEFAULT_DISK_STORE = "/var/lib/vcl/disks"
 
 
 def default_db_url() -> str:
@@ -124,9 +126,19 @@ def parse_pool(value: str, field_name: str) -> list[str]:
     return [str(ipaddress.IPv4Address(i)) for i in range(first, last + 1)]
 
 
-def check_image_store(value: Any) -> str:
-    """The image store: an absolute, normalised path of printable characters (no ``..``, not ``/``), at
-    most :data:`MAX_SETTING_TEXT` characters."""
+def check_image_store(value: Any, field_name: str = "image_store") -> str:
+    """The image store (or the disk store, ``field_name``): an absolute, normalised path of printable characters
+    (no ``..``, not ``/``), at most :data:`MAX_SETTING_TEXT` characters."""
+    try:
+        return _check_store(value)
+    except ValidationError as err:
+        if field_name == "image_store":
+            raise
+        raise ValidationError(field_name, err.message.replace("images live in", "files live in")
+                              .replace("(default /var/lib/vcl/images)", f"(default {DEFAULT_DISK_STORE})")) from None
+
+
+def _check_store(value: Any) -> str:
     if not isinstance(value, str):
         raise ValidationError("image_store", f"{shown(value)} is not text")
     problem = text_problem(value, MAX_SETTING_TEXT)
@@ -200,6 +212,7 @@ MAX_BOOKING_HOURS = 24.0  # max_hours: a booking lies within one day
 MIN_MOVE_STEP_HOURS, MAX_MOVE_STEP_HOURS = 1 / 60, 24.0  # one minute .. one day
 MAX_SETTING_TEXT = 256  # pools, the policy's name, the MAC prefix
 MAX_PRELAUNCH_LEAD_MINUTES = 120
+MAX_DISK_QUOTA_GB = 1_000_000.0  # a million GB: a bound for typing mistakes, not a policy
 
 
 @dataclass(frozen=True)
@@ -232,6 +245,8 @@ SETTING_BOUNDS: dict[str, _Bound] = {
     "decline_limit": _Bound(True, 0, MAX_DECLINE_LIMIT),
     "launch_lease_minutes": _Bound(True, MIN_LAUNCH_LEASE_MINUTES, MAX_LAUNCH_LEASE_MINUTES, unit=" minutes"),
     "prelaunch_lead_minutes": _Bound(True, 0, MAX_PRELAUNCH_LEAD_MINUTES, unit=" minutes"),
+    "disk_quota_user_gb": _Bound(False, 0.0, MAX_DISK_QUOTA_GB, unit=" GB"),
+    "disk_quota_group_gb": _Bound(False, 0.0, MAX_DISK_QUOTA_GB, unit=" GB"),
     "booking.lead_days": _Bound(True, 0, MAX_BOOKING_DAYS, unit=" days"),
     "booking.horizon_days": _Bound(True, 0, MAX_BOOKING_DAYS, unit=" days"),
     "booking.lookahead_max_hours": _Bound(True, 1, MAX_LOOKAHEAD_HOURS, unit=" hours"),
@@ -268,6 +283,11 @@ class Settings:
     # A session's seats with prelaunch are started this long before its window opens, so the class finds them
     # running at the bell.
     prelaunch_lead_minutes: int = 10
+    # Persistent disks (SPEC §10): where the master keeps them (a directory per user), and how much each user and
+    # each group may keep (GB; a user's or a group's own quota, `vcl disk quota`, overrides these).
+    disk_store: str = DEFAULT_DISK_STORE
+    disk_quota_user_gb: float = 10.0
+    disk_quota_group_gb: float = 100.0
     # LDAP login (SPEC §7) for colleges with a directory: "" is none. ldap_url is ldap://HOST[:PORT] or
     # ldaps://HOST[:PORT]; ldap_user_dn is the DN a user binds as, with {user} where the (escaped) login name goes,
     # for example uid={user},ou=people,dc=college,dc=edu.
@@ -402,6 +422,11 @@ def validate_settings(s: Settings) -> None:
         if problem:
             raise ValidationError(name, problem)
     check_image_store(s.image_store)
+    check_image_store(s.disk_store, "disk_store")
+    if s.disk_store == s.image_store or s.disk_store.startswith(s.image_store + "/") \
+            or s.image_store.startswith(s.disk_store + "/"):
+        raise ValidationError("disk_store", f"{shown(s.disk_store)} must lie outside the image store"
+                                            f" {shown(s.image_store)} (and the image store outside it)")
     check_ldap(s.ldap_url, s.ldap_user_dn)
     if s.placement_policy not in POLICIES:
         raise ValidationError("placement_policy", f"{shown(s.placement_policy)}: choose one of {', '.join(POLICIES)}")

@@ -18,6 +18,7 @@ Every function validates its input before it opens a write transaction; results 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import secrets
@@ -28,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import authz, config, db, imagepath, placement, promises
+from . import authz, config, db, disks, imagepath, placement, promises
 from .audit import audit
 from .claims import (
     HOLDS_CAPACITY,
@@ -89,6 +90,7 @@ def _launch_spec(inst: Instance, slave: Slave | None, image: Image | None, owner
         image_kernel=image.kernel if image else None,
         image_ramdisk=image.ramdisk if image else None,
         image_cmdline=image.cmdline if image else None,
+        keep_disk=bool(inst.keep_disk),
     )
     return row
 
@@ -99,6 +101,27 @@ def _checked_image(image: Image | None, store: str) -> str:
     if image is not None:
         imagepath.image_files(store, image.disk_file, image.kernel, image.ramdisk, check_disk=False)
     return store
+
+
+def _from_disk(session: Session, inst: Instance, spec: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """A launch's spec with the user's kept disk (SPEC §10), when the VM keeps its disk and one is kept: the
+    overlay is that disk (``kept_disk``: its file in the store, checksum and size) over the image version it was
+    made from, which replaces the image's current files. Records on the instance the files it is launched from
+    (what its overlay is backed by, for the keep at its stop)."""
+    kept = disks.for_launch(session, inst, settings)
+    if kept is not None:
+        imagepath.image_files(settings.image_store, kept["disk_file"], kept["kernel"], kept["ramdisk"],
+                              check_disk=False)
+        spec.update(image_disk=kept["disk_file"], image_kernel=kept["kernel"], image_ramdisk=kept["ramdisk"],
+                    image_cmdline=kept["cmdline"])
+    spec["kept_disk"] = None if kept is None else {k: kept[k] for k in ("id", "path", "sha256", "size_bytes",
+                                                                          "generation")}
+    spec["keep_disk"] = bool(inst.keep_disk)
+    launched_from = json.dumps({"disk_file": spec["image_disk"], "kernel": spec["image_kernel"],
+                                "ramdisk": spec["image_ramdisk"], "cmdline": spec["image_cmdline"]}, sort_keys=True)
+    if spec["image_disk"] and inst.launched_from != launched_from:
+        inst.launched_from = launched_from
+    return spec
 
 
 def _load(session: Session, iid: int) -> tuple[Instance, Slave | None, Image | None, str]:
@@ -247,7 +270,8 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         settings = db.load_settings(session)
         store = _checked_image(image, settings.image_store)
         if slave is not None and slave.name not in excluded and slave.status == SlaveStatus.UP and inst.mac:
-            return {**_launch_spec(inst, slave, image, owner), "placed": "kept", "image_store": store}
+            return {**_from_disk(session, inst, _launch_spec(inst, slave, image, owner), settings), "placed": "kept",
+                    "image_store": store}
         if slave is not None or inst.mac:
             _give_back(session, inst)
         demand = placement.Demand(inst.cores, inst.ram_mb, inst.disk_gb)
@@ -285,7 +309,7 @@ def place(instance_id: Any, exclude: Iterable[Any] | None = None, url: str | Non
         session.refresh(inst)
         inst.updated_at = now
         slave_row = session.get(Slave, chosen.id)
-        spec = _launch_spec(inst, slave_row, image, owner)
+        spec = _from_disk(session, inst, _launch_spec(inst, slave_row, image, owner), settings)
         audit(session, "instance", inst.id, "claim", None,
               {k: spec[k] for k in ("slave", "cores", "ram_mb", "disk_gb", "mac", "private_ip", "public_ip",
                                     "ends_at")})
@@ -473,10 +497,19 @@ def _new_seat(session: Session, res: Reservation, seat: int, at: datetime,
                     user_id=user_id, cores=res.cores, ram_mb=res.ram_mb,
                     disk_gb=image.default_disk_gb if image else 0, state=InstanceState.PENDING,
                     kind=InstanceKind.AR, priority=res.priority, register_as_slave=res.register_as_slave,
-                    seat=seat, ends_at=res.end, requeued_from=requeued_from, created_at=at, updated_at=at)
+                    seat=seat, ends_at=res.end, requeued_from=requeued_from, created_at=at, updated_at=at,
+                    keep_disk=_seat_keeps(session, res, user_id))
     session.add(inst)
     session.flush()
     return inst
+
+
+def _seat_keeps(session: Session, res: Reservation, user_id: int | None) -> int:
+    """A seat of a session that keeps disks keeps its holder's, unless the holder's disk of that image is used
+    by another live VM already (one VM per disk)."""
+    if not res.keep_disks:
+        return 0
+    return 0 if disks.live_keeper(session, user_id, res.image_id) is not None else 1
 
 
 def _seat_holders(session: Session, res: Reservation) -> list[int | None]:
@@ -712,7 +745,7 @@ def _requeue(session: Session, inst: Instance, now: datetime, lookahead: int) ->
                    user_id=inst.user_id, cores=inst.cores, ram_mb=inst.ram_mb, disk_gb=inst.disk_gb,
                    state=InstanceState.PENDING, kind=InstanceKind.BE, priority=inst.priority,
                    register_as_slave=inst.register_as_slave, hours=max(1, min(lookahead, left)), ends_at=None,
-                   requeued_from=root, created_at=now, updated_at=now)
+                   requeued_from=root, created_at=now, updated_at=now, keep_disk=inst.keep_disk)
     session.add(new)
     session.flush()
     return new

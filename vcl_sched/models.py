@@ -12,6 +12,7 @@ import enum
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     Enum,
@@ -95,6 +96,8 @@ class Group(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # Migration 0004: the teacher who owns the group (books its sessions, manages its members); None: admins only.
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    # Migration 0005: GB of persistent disks charged to this group; None: the lab's disk_quota_group_gb.
+    disk_quota_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class User(Base):
@@ -112,6 +115,8 @@ class User(Base):
     auth: Mapped[AuthSource] = mapped_column(_enum(AuthSource, "auth_source"), default=AuthSource.LOCAL,
                                              server_default=AuthSource.LOCAL.value)
     password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)  # Argon2id, never printed or logged
+    # Migration 0005: GB of persistent disks this user may keep; None: the lab's disk_quota_user_gb.
+    disk_quota_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Membership(Base):
@@ -164,6 +169,47 @@ class Image(Base):
     # Migration 0004: PfV of requests for this image made by people who are not admins (SPEC §3), set by admins;
     # used within 0..platform_value_max.
     platform_value: Mapped[float] = mapped_column(Float, default=5.0, server_default="5")
+    # Migration 0005: who captured it (a teacher may capture new versions of their own images), and the groups it
+    # is for (image_groups: none means every group).
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+
+
+class ImageGroup(Base):
+    """An image is for these groups only (a captured image, SPEC §10); an image without rows is for every group."""
+
+    __tablename__ = "image_groups"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Disk(Base):
+    """A user's persistent disk of one image (SPEC §10, the seed's PersistentDiskImage): the qcow2 overlay a VM
+    left, kept in the master's disk store as ``disk_store/USER_ID/ID-GENERATION.qcow2`` over the image version it
+    was made from (``base_*``, which stays in the store while a disk needs it). One disk per user and image.
+
+    A keep is two short transactions around the copy: ``incoming_*`` reserves the new size against the quotas
+    while the copy runs (and names the instance); the commit bumps ``generation`` (a new file: the previous
+    generation stays whole until the new one is checked and recorded)."""
+
+    __tablename__ = "disks"
+    __table_args__ = (Index("uq_disks_user_image", "user_id", "image_id", unique=True),
+                      Index("ix_disks_group_id", "group_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))  # the group its usage is charged to
+    base_file: Mapped[str] = mapped_column(Text)
+    base_kernel: Mapped[str | None] = mapped_column(Text, nullable=True)
+    base_ramdisk: Mapped[str | None] = mapped_column(Text, nullable=True)
+    base_cmdline: Mapped[str | None] = mapped_column(Text, nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # 0: no file yet (the first keep is running)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    incoming_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    incoming_instance: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    incoming_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Series(Base):
@@ -207,12 +253,16 @@ class Reservation(Base):
     # Migration 0004: every seat is started ``prelaunch_lead_minutes`` before the window opens (1), or when a
     # member takes it (0); an occurrence of a weekly series.
     prelaunch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Migration 0005: every seat keeps its holder's disk (and starts from it).
+    keep_disks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True)
 
 
 # A live seat is an AR instance that is pending, running or suspended. One member holds at most one live seat of a
 # reservation, and a seat number is live at most once: the database refuses a second, whatever the code does.
 LIVE_SEAT = text("state IN ('pending', 'running', 'suspended') AND reservation_id IS NOT NULL")
+# A user's disk of an image is used by one live VM at a time.
+LIVE_KEEP = text("state IN ('pending', 'running', 'suspended') AND keep_disk = 1 AND user_id IS NOT NULL")
 
 
 class Instance(Base):
@@ -222,7 +272,9 @@ class Instance(Base):
                             sqlite_where=LIVE_SEAT, postgresql_where=LIVE_SEAT),
                       Index("uq_instances_seat_holder", "reservation_id", "user_id", unique=True,
                             sqlite_where=text(f"{LIVE_SEAT.text} AND user_id IS NOT NULL"),
-                            postgresql_where=text(f"{LIVE_SEAT.text} AND user_id IS NOT NULL")))
+                            postgresql_where=text(f"{LIVE_SEAT.text} AND user_id IS NOT NULL")),
+                      Index("uq_instances_live_keep", "user_id", "image_id", unique=True,
+                            sqlite_where=LIVE_KEEP, postgresql_where=LIVE_KEEP))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)
     slave_id: Mapped[int | None] = mapped_column(ForeignKey("slaves.id"), nullable=True)
@@ -250,6 +302,10 @@ class Instance(Base):
     ends_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # Migration 0005: keep the VM's disk when it stops (1), and start from the user's kept disk of its image; the
+    # image files it was launched from (JSON: disk_file, kernel, ramdisk, cmdline), what its overlay is backed by.
+    keep_disk: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    launched_from: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AddressPair(Base):
@@ -298,4 +354,4 @@ class AuditLog(Base):
     after: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-LOCK_NAMES = ("calendar", "addresses")
+LOCK_NAMES = ("calendar", "addresses", "disks")

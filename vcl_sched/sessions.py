@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import acting, authz, bookings, config, db
+from . import acting, authz, bookings, config, db, disks
 from .audit import audit
 from .catalogue import group_ref
 from .errors import ConflictError, NotFoundError, ValidationError
@@ -187,8 +187,9 @@ def take_seat(reservation: Any, user: Any = None, url: str | None = None) -> dic
                         "how": "already held"}
         for inst in live:
             if inst.user_id is None:
+                keep = 1 if inst.keep_disk and disks.live_keeper(session, uid, inst.image_id) is None else 0
                 taken = session.execute(update(Instance).where(Instance.id == inst.id, Instance.user_id.is_(None))
-                                        .values(user_id=uid, updated_at=now)).rowcount
+                                        .values(user_id=uid, updated_at=now, keep_disk=keep)).rowcount
                 if taken == 1:
                     session.refresh(inst)
                     audit(session, "instance", inst.id, "seat_taken", {"user": None},

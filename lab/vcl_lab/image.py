@@ -53,6 +53,8 @@ BASE_PACKAGES: tuple[str, ...] = (
     "python3-venv",
     # launches copy images from the master's image store into the slaves' caches.
     "rsync",
+    # vcl_master role: the master checks kept disks and flattens captured ones with qemu-img (SPEC §10).
+    "qemu-utils",
 )
 
 #: The slaves' layer: libvirt + QEMU (software emulation), installed without recommends

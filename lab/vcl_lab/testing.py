@@ -85,6 +85,23 @@ class Lab:
             time.sleep(1)
         raise AssertionError(f"no marker from {public_ip} within {timeout:.0f} s (last: {last})")
 
+    def disk_note(self, public_ip: str, timeout: float = 120) -> tuple[str, int]:
+        """The test guest's disk note (``vcl-disk FIRST-MAC BOOTS`` on port 81): the MAC of the disk's first boot
+        and how many boots it has seen, read by the client through the master's DNAT."""
+        from vcl_lab.guest.initramfs import DISK_PORT, DISK_RE
+
+        probe = ("import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),3)\ns.settimeout(3)\n"
+                 "print(s.recv(200).decode().strip())")
+        deadline, last = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            out = self.ssh("client", "python3", "-c", probe, public_ip, str(DISK_PORT), timeout=20)
+            match = DISK_RE.search(out.stdout) if out.returncode == 0 else None
+            if match:
+                return match.group(1), int(match.group(2))
+            last = (out.stderr.strip() or out.stdout.strip())[-200:]
+            time.sleep(1)
+        raise AssertionError(f"no disk note from {public_ip} within {timeout:.0f} s (last: {last})")
+
     @classmethod
     def from_status(cls, data: dict) -> Lab:
         return cls(

@@ -20,7 +20,8 @@ from ansible.utils.unsafe_proxy import wrap_var
 from ansible.utils.vars import load_extra_vars
 
 KINDS = ["id", "ids", "name", "cores", "ram_mb", "disk_gb", "hours", "seats", "number", "flag", "bool", "start",
-         "attempts", "lanes", "seconds", "path", "weekdays", "weeks"]  # fmt: skip
+         "attempts", "lanes", "seconds", "path", "weekdays", "weeks", "names", "text", "timeout",
+         "bwlimit"]  # fmt: skip
 ARGUMENT_SPEC = {
     "fields": {"type": "dict", "required": True},
     "required": {"type": "list", "elements": "str", "default": []},
@@ -88,6 +89,18 @@ def check(field: str, kind: str, value: Any) -> None:
         v.whole(field, value, 1, 16)
     elif kind == "seconds":
         v.bounded(field, value, 0.01, 60)
+    elif kind == "names":  # a list of names, or names separated by commas
+        items = [i.strip() for i in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(items, list) or not 1 <= len(items) <= 100:
+            raise ValidationError(field, f"{v.shown(value)} is not a list of names (a,b or [a, b])")
+        for item in items:
+            v.check_name(field, item)
+    elif kind == "timeout":  # whole seconds a step waits (vm__stop_shutdown_timeout)
+        v.whole(field, value, 0, 3600)
+    elif kind == "bwlimit":  # KiB/s of a copy, 0 for none (vm__disk_bwlimit)
+        v.whole(field, value, 0, 10_000_000)
+    elif kind == "text":  # one line of printable text (a description)
+        v.text_value(field, value, 500)
     elif kind == "path":
         v.text_value(field, value)
         if not _PATH.match(value) or "/../" in f"{value}/" or "/./" in f"{value}/":

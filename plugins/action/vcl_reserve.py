@@ -24,6 +24,7 @@ ARGUMENT_SPEC = {
     "register_as_slave": {"type": "raw", "default": 0},
     "member": {"type": "raw"},
     "prelaunch": {"type": "bool", "default": True},
+    "keep_disk": {"type": "bool", "default": False},
     "weekdays": {"type": "str"},
     "weeks": {"type": "raw"},
     "image": {"type": "str"},
@@ -50,7 +51,7 @@ class ActionModule(VclControllerAction):
                 raise AnsibleActionFail("seats: a best-effort request (start=now) is one VM; book seats with a start")
             if args["weekdays"] is not None or args["weeks"] is not None:
                 raise AnsibleActionFail("weekdays: a best-effort request (start=now) does not recur; give a start")
-            result = service.request(disk_gb=args["disk_gb"], **common)
+            result = service.request(disk_gb=args["disk_gb"], keep_disk=args["keep_disk"], **common)
             kind = "BE"
         else:
             if args["disk_gb"] is not None:
@@ -61,8 +62,9 @@ class ActionModule(VclControllerAction):
             weekly = sessions.series_fields(args["weekdays"], args["weeks"])
             if weekly:
                 series = sessions.reserve_series(start=start, seats=args["seats"], prelaunch=args["prelaunch"],
-                                                 **weekly, **common)
+                                                 keep_disks=args["keep_disk"], **weekly, **common)
                 return {"changed": series["series"] is not None, "result": series, "kind": "series"}
-            result = service.reserve(start=start, seats=args["seats"], prelaunch=args["prelaunch"], **common)
+            result = service.reserve(start=start, seats=args["seats"], prelaunch=args["prelaunch"],
+                                     keep_disks=args["keep_disk"], **common)
             kind = "AR"
         return {"changed": result.get("id") is not None, "result": result, "kind": kind}

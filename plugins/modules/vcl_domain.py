@@ -25,6 +25,9 @@ description:
   - C(state=suspended) saves the guest's memory to disk with libvirt's managed save, so the QEMU process
     ends and the slave's RAM is freed. A domain that is already saved is left alone; a defined domain that
     is shut off without a save image, or a missing one, fails.
+  - C(state=shutoff) shuts the guest down and leaves the domain defined with its O(overlay) (a VM whose disk is
+    kept is copied from there). It sends an ACPI shutdown request, waits up to O(shutdown_timeout) seconds for the
+    guest to power off, then powers it off. A domain already shut off (or saved) is left alone; a missing one fails.
   - C(state=absent) stops the domain if it is active, undefines it together with its managed save image,
     snapshot metadata and NVRAM, then removes O(overlay) and O(cleanup_paths).
   - With C(state=running), a base image, kernel or initrd missing from the slave's image cache fails the run
@@ -44,8 +47,12 @@ options:
   state:
     description: What the domain must be after the run.
     type: str
-    choices: [running, suspended, absent]
+    choices: [running, suspended, shutoff, absent]
     default: running
+  shutdown_timeout:
+    description: With O(state=shutoff), seconds to wait for the guest to power off before it is forced (0 forces).
+    type: int
+    default: 60
   xml:
     description:
       - The domain XML (for example rendered from C(playbooks/templates/domain.xml.j2)).
@@ -54,7 +61,8 @@ options:
   base:
     description:
       - The cached base image (qcow2) the overlay is backed by.
-      - Required with O(state=running) when O(overlay) has to be created.
+      - Required with O(state=running) when O(overlay) has to be created; checked in the cache whenever given
+        (an overlay brought from elsewhere, a kept disk, needs its base too).
     type: path
   overlay:
     description:
@@ -116,6 +124,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+forced:
+  description: With O(state=shutoff), whether the guest had to be powered off (it did not shut down in time).
+  returned: when a running domain was shut off
+  type: bool
 missing:
   description: With O(state=running), the image files the slave's cache lacks (the run failed before any change).
   returned: when image files are missing
@@ -160,6 +172,7 @@ import contextlib
 import json
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
@@ -240,6 +253,9 @@ def validate(p):
         raise InputError(f"name: {name!r} is not vcl-<id> (id: letters, digits and _, at most 21)")
     if not isinstance(p["lock_timeout"], int) or not 0 <= p["lock_timeout"] <= MAX_TIMEOUT:
         raise InputError(f"lock_timeout: {p['lock_timeout']!r} is not a number of seconds in 0..{MAX_TIMEOUT}")
+    if not isinstance(p.get("shutdown_timeout", 0), int) or not 0 <= p.get("shutdown_timeout", 0) <= MAX_TIMEOUT:
+        raise InputError(f"shutdown_timeout: {p.get('shutdown_timeout')!r} is not a number of seconds in"
+                         f" 0..{MAX_TIMEOUT}")
     if not URI_RE.match(p["uri"] or ""):
         raise InputError(f"uri: {p['uri']!r} is not a libvirt URI (for example qemu:///system)")
     out = dict(p)
@@ -335,7 +351,7 @@ class Domain:
     def missing_image_files(self, make_overlay):
         """The image files this domain needs that the slave's cache lacks (the base image, when an overlay
         is to be made, and the kernel and initrd the XML boots), so the playbook copies them and retries."""
-        wanted = [self.p["base"]] if make_overlay and self.p["base"] else []
+        wanted = [self.p["base"]] if self.p["base"] else []
         root = ET.fromstring(self.p["xml"])  # noqa: S314  (checked by validate())
         wanted += [(root.findtext(f"os/{tag}") or "").strip() for tag in ("kernel", "initrd")]
         return [path for path in wanted if path and not os.path.isfile(path)]
@@ -442,6 +458,36 @@ class Domain:
         if self.check and self.result["changed"]:
             self.result.update(domain_state="shutoff", managed_save=True, vnc_port=None)
 
+    # -- state=shutoff -------------------------------------------------------------------------
+    def shutoff(self):
+        dom = self.lookup()
+        if dom is None:
+            raise StepError(f"cannot shut {self.p['name']} down: the domain is not defined")
+        if dom.isActive():
+            self.result["changed"] = True
+            if not self.check:
+                self.power_off(dom)
+        self.describe(dom)
+        if self.check and self.result["changed"]:
+            self.result.update(domain_state="shutoff", vnc_port=None)
+
+    def power_off(self, dom):
+        """An ACPI shutdown, waited for up to shutdown_timeout seconds, then a hard power-off."""
+        deadline = time.monotonic() + self.p["shutdown_timeout"]
+        if self.p["shutdown_timeout"] > 0:
+            with contextlib.suppress(libvirt.libvirtError):  # a guest without ACPI: forced below
+                dom.shutdown()
+            while time.monotonic() < deadline and dom.isActive():
+                time.sleep(0.2)
+        self.result["forced"] = False
+        if dom.isActive():
+            self.result["forced"] = True
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as err:
+                if dom.isActive():
+                    raise StepError(f"powering the domain off failed: {err}") from None
+
     # -- state=absent --------------------------------------------------------------------------
     def absent(self):
         dom = self.lookup()
@@ -466,7 +512,8 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "name": {"type": "str", "required": True},
-            "state": {"type": "str", "choices": ["running", "suspended", "absent"], "default": "running"},
+            "state": {"type": "str", "choices": ["running", "suspended", "shutoff", "absent"], "default": "running"},
+            "shutdown_timeout": {"type": "int", "default": 60},
             "xml": {"type": "str", "no_log": True},
             "base": {"type": "path"},
             "overlay": {"type": "path"},

@@ -29,7 +29,8 @@ options:
         scheduler's bounds; C(number) a number in 0..1000000; C(flag) 0, 1 or a boolean; C(bool) a boolean;
         C(start) C(now) or a date and time; C(attempts) 1..3; C(lanes) 1..16; C(seconds) 0.01..60; C(path) a
         normalised absolute path of letters, digits and C(._@+-); C(weekdays) weekday names like C(mon,wed);
-        C(weeks) 1..52.
+        C(weeks) 1..52; C(names) a list of names (or names separated by commas); C(text) one line of at most 500
+        printable characters; C(timeout) whole seconds 0..3600; C(bwlimit) KiB/s 0..10000000.
     type: dict
     required: true
   required:

@@ -78,6 +78,12 @@ options:
         members (true), or each when a member takes it (false, C(vcl.lab.seat)).
     type: bool
     default: true
+  keep_disk:
+    description:
+      - Keep the VM's disk when it stops, and start from the user's kept disk of O(image) (SPEC §10); for a
+        reservation, every seat does so with its holder's disk. Needs O(image).
+    type: bool
+    default: false
   weekdays:
     description: A weekly session on these days (C(mon,wed)) at O(start)'s time; needs O(weeks).
     type: str

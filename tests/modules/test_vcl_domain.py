@@ -231,6 +231,38 @@ def test_a_paused_domain_is_resumed(vm, capsys):
     assert result["changed"] is True and result["domain_state"] == "running", result
 
 
+def test_shutoff_powers_the_guest_off_and_keeps_the_domain_and_its_overlay(vm, capsys):
+    """A VM whose disk is kept: state=shutoff asks the guest to shut down, waits up to shutdown_timeout, then powers
+    it off (the test driver's guests ignore the request); the definition and the overlay stay, and running starts
+    it again from the same overlay."""
+    first = run(vcl_domain, capsys, **launch_args(vm))
+    would = run(vcl_domain, capsys, check_mode=True, name=vm["name"], state="shutoff", shutdown_timeout=0)
+    assert would["changed"] is True and would["domain_state"] == "shutoff" and domain(vm["name"]).isActive()
+    off = run(vcl_domain, capsys, name=vm["name"], state="shutoff", shutdown_timeout=1)
+    assert off["changed"] is True and off["domain_state"] == "shutoff" and off["uuid"] == first["uuid"], off
+    assert isinstance(off["forced"], bool) and off["vnc_port"] is None and off["managed_save"] is False
+    assert domain(vm["name"]) is not None and not domain(vm["name"]).isActive() and Path(vm["overlay"]).exists()
+    again = run(vcl_domain, capsys, name=vm["name"], state="shutoff", shutdown_timeout=0)
+    assert again["changed"] is False and "forced" not in again, again
+    back = run(vcl_domain, capsys, name=vm["name"], state="running")  # no xml needed: the domain is defined
+    assert back["changed"] is True and back["domain_state"] == "running" and back["created"] == [], back
+    gone = run(vcl_domain, capsys, name="vcl-t" + uuid.uuid4().hex[:8], state="shutoff")
+    assert gone.get("failed") is True and "is not defined" in gone["msg"], gone
+
+
+def test_a_kept_disk_brought_as_the_overlay_needs_its_base_in_the_cache(vm, capsys, qemu_img, tmp_path):
+    """An overlay that exists already (a kept disk copied to the slave) is used as it is, and its base must be in
+    the cache: a missing base is listed in `missing` (the playbook copies the image and runs again)."""
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-b", vm["base"], "-F", "qcow2", vm["overlay"]],
+                   check=True)
+    before = Path(vm["overlay"]).read_bytes()
+    missing = run(vcl_domain, capsys, **{**launch_args(vm), "base": str(tmp_path / "absent" / "base.qcow2")})
+    assert missing.get("failed") is True and missing["missing"] == [str(tmp_path / "absent" / "base.qcow2")]
+    assert domain(vm["name"]) is None and Path(vm["overlay"]).read_bytes() == before  # nothing created or removed
+    started = run(vcl_domain, capsys, **launch_args(vm))
+    assert started["changed"] is True and started["created"] == ["domain"], started
+
+
 def test_check_mode_reports_and_changes_nothing(vm, capsys):
     would = run(vcl_domain, capsys, check_mode=True, **launch_args(vm))
     assert would["changed"] is True and would["created"] == ["overlay", "domain"], would
@@ -350,6 +382,8 @@ def _xml_without_password(vm, listen="10.0.0.21"):
         (lambda vm: {"cleanup_paths": ["/tmp"]}, "cleanup_paths", "is a directory"),
         (lambda vm: {"base": None}, "base", "required to create the overlay"),
         (lambda vm: {"base": "/nonexistent/base.qcow2"}, "image", "cache: /nonexistent/base.qcow2"),
+        (lambda vm: {"state": "shutoff", "shutdown_timeout": -1}, "shutdown_timeout", "number of seconds"),
+        (lambda vm: {"state": "shutoff", "shutdown_timeout": 999999}, "shutdown_timeout", "number of seconds"),
     ],
 )
 def test_bad_input_names_the_field_and_changes_nothing(vm, tmp_path, change, field, words):

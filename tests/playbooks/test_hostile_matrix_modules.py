@@ -1,11 +1,12 @@
 """The hostile-input matrix through Ansible (issue 12 item 1; the cases: tests/hostile_cases.py).
 
-* The collection's database actions (vcl_reserve, vcl_instance, vcl_slave, vcl_image, vcl_db) in one
+* The collection's database actions (vcl_reserve, vcl_instance, vcl_slave, vcl_image, vcl_disk, vcl_db) in one
   ansible-playbook run on localhost against a temporary SQLite VCL_DB_URL: every hostile value arrives as data
   (marked unsafe, as `vcl run` passes it), each task ignores errors and registers its result; a test-only action
   hashes a full dump of the database between every two cases. Each case: failed, one line naming the field, no
   traceback, no MARKER, the database unchanged (free text: kept verbatim as data).
-* `vcl reserve --run` and `vcl run` as real processes (ansible-runner): nothing runs, nothing is written.
+* `vcl reserve --run`, `vcl run`, `vcl disk delete` and `vcl disk capture` as real processes (ansible-runner):
+  nothing runs, nothing is written.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def process_outcomes(tmp_path_factory):
 
 
 def test_reserve_run_and_run_e_run_nothing_and_write_nothing(process_outcomes):
-    assert {o.entry for o in process_outcomes} == {"vcl reserve --run", "vcl run -e"}
+    assert {o.entry for o in process_outcomes} == {"vcl reserve --run", "vcl run -e", "vcl disk delete",
+                                                   "vcl disk capture"}
     assert not any(o.marker for o in process_outcomes)
     bad = hc.failures(process_outcomes)
     assert not bad, "\n".join(bad)

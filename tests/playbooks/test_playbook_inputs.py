@@ -25,26 +25,31 @@ from vcl_lab.testing import REPO
 from vcl_sched import runner, service
 
 KNOBS = ["launch_attempts", "vm__launch_attempts", "launch_console_dir", "vm__launch_console_dir",
-         "launch_poll_interval", "vm__launch_poll_interval", "vm__launch_net_async"]  # fmt: skip
+         "launch_poll_interval", "vm__launch_poll_interval", "vm__launch_net_async", "vm__stop_shutdown_timeout",
+         "vm__disk_bwlimit"]  # fmt: skip
 # Each playbook's extra variables, and values of the others that pass the check (so the field at fault is named).
 PLAYBOOKS = {
     "launch": (["id", "reserve__launch_id", "vm__launch_id", *KNOBS], {"id": "1"}),
-    "stop": (["id", "ids", "vm__stop_id", "launch_console_dir", "vm__launch_console_dir"], {"id": "1"}),
+    "stop": (["id", "ids", "vm__stop_id", "launch_console_dir", "vm__launch_console_dir", "vm__stop_shutdown_timeout",
+              "vm__disk_bwlimit"], {"id": "1"}),
     "suspend": (["id", "ids", "vm__suspend_id"], {"id": "1"}),
     "resume": (["id", "ids", "vm__resume_id"], {"id": "1"}),
     "reserve": (["owner", "user", "cores", "ram_mb", "hours", "start", "platform_value", "register_as_slave", "member",
-                 "image", "disk_gb", "seats", "reserve_no_launch"],
+                 "image", "disk_gb", "seats", "keep_disk", "reserve_no_launch"],
                 {"owner": "cs", "cores": "1", "ram_mb": "256", "hours": "2", "reserve_no_launch": "true"}),
     "dispatch": (["vm__stop_id", "vm__suspend_id", "vm__launch_id", "vm__resume_id", *KNOBS,
                   "dispatch_launches_per_slave"], {}),
     "reconcile": (["kvm__instance_dir", "vm__unnet_id", "launch_console_dir", "vm__launch_console_dir"], {}),
+    "disk": (["disk", "disk_action", "image", "image_groups", "cores", "ram_mb", "platform_value", "acting_user"],
+             {"disk_action": "delete", "disk": "1"}),
 }
 CASES = [(book, field) for book, (fields, _) in PLAYBOOKS.items() for field in fields]
 # Every class of hostile input goes into the first field of each playbook; every other field gets the hand-typed
 # Jinja (the one Ansible would render): the check is the same code for every field, and each case is a whole
 # ansible-playbook run (seconds each), so the full cross product would take half an hour.
 FIRST = {book: fields[0] for book, (fields, _) in PLAYBOOKS.items()}
-NAMES = {"owner", "user", "image"}  # digits are a valid name (a user 18446744073709551616 may exist): not hostile
+# Digits are a valid name (a user 18446744073709551616 may exist): not hostile.
+NAMES = {"owner", "user", "image", "image_groups", "disk_action"}
 
 
 @pytest.fixture

@@ -294,7 +294,7 @@ def test_initramfs_holds_busybox_init_scripts_and_modules_in_order():
 # --- the guest's scripts and their contract ------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["INIT_SCRIPT", "UDHCPC_SCRIPT", "MARKER_SCRIPT"])
+@pytest.mark.parametrize("script", ["INIT_SCRIPT", "UDHCPC_SCRIPT", "MARKER_SCRIPT", "DISK_SCRIPT"])
 def test_guest_scripts_are_valid_shell(script, tmp_path):
     path = tmp_path / "s.sh"
     path.write_text(getattr(initramfs, script))
@@ -466,3 +466,48 @@ def test_an_incomplete_guest_directory_is_not_loaded(tmp_path):
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(LabError, match="no complete guest"):
         build.Guest.load(tmp_path)
+
+
+def _disk_note_block() -> str:
+    """The init script's disk-note part, from its comment to its `fi`."""
+    script = initramfs.INIT_SCRIPT
+    start = script.index("# The disk's note")
+    end = script.index("\nfi\n", start) + 4
+    return script[start:end]
+
+
+def test_the_disk_note_counts_boots_and_keeps_the_first_mac(tmp_path):
+    """The guest's disk note, run by sh against a file standing for /dev/vda (nc and say stubbed): the first boot
+    writes its own MAC and 1, each later boot adds one and keeps the first MAC; the rest of the disk is untouched;
+    a note that is not one (garbage, a bad MAC) starts again at the booting VM."""
+    disk = tmp_path / "vda"
+    disk.write_bytes(b"\0" * 4096 + b"DATA")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nc").write_text("#!/bin/sh\nexit 0\n")
+    (bindir / "nc").chmod(0o755)
+    (bindir / "usleep").write_text("#!/bin/sh\nexit 0\n")
+    (bindir / "usleep").chmod(0o755)
+    block = (_disk_note_block().replace("[ -b /dev/vda ]", f"[ -f {disk} ]").replace("/dev/vda", str(disk))
+             .replace("/run/vcl/", f"{run_dir}/").replace("(while :; do nc", "(for _ in 1; do nc"))
+
+    def boot(mac: str) -> str:
+        script = tmp_path / "boot.sh"
+        script.write_text(f'say() {{ echo "vcl-guest: $*"; }}\nMAC={mac}\n{block}')
+        proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=20,
+                              env={"PATH": f"{bindir}:/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+        return (run_dir / "disk").read_text().strip()
+
+    assert boot("52:54:00:aa:bb:01") == "vcl-disk 52:54:00:aa:bb:01 1"
+    assert boot("52:54:00:aa:bb:02") == "vcl-disk 52:54:00:aa:bb:01 2"
+    assert boot("52:54:00:aa:bb:03") == "vcl-disk 52:54:00:aa:bb:01 3"
+    data = disk.read_bytes()
+    assert len(data) == 4100 and data[4096:] == b"DATA" and data[:64].rstrip(b" \n") == b"vcl-disk 52:54:00:aa:bb:01 3"
+    m = initramfs.DISK_RE.search(data[:64].decode())
+    assert m and m.groups() == ("52:54:00:aa:bb:01", "3")
+    disk.write_bytes(b"vcl-disk zz:54:00:aa:bb:01 7".ljust(64) + b"\0" * 64)
+    assert boot("52:54:00:aa:bb:04") == "vcl-disk 52:54:00:aa:bb:04 1"
+    assert "-p 81 " in initramfs.INIT_SCRIPT and initramfs.DISK_PORT == 81

@@ -69,9 +69,9 @@ def test_the_facade_only_reexports_and_keeps_every_public_name():
     # What the CLI, the collection's modules, bench/ and the tests call, with the same signatures.
     for name, params in {
         "request": ["owner", "cores", "ram_mb", "hours", "platform_value", "register_as_slave", "member", "disk_gb",
-                    "image", "user", "dry_run", "explain", "url"],
+                    "image", "user", "dry_run", "explain", "keep_disk", "url"],
         "reserve": ["owner", "cores", "ram_mb", "start", "hours", "platform_value", "register_as_slave", "member",
-                    "image", "user", "seats", "prelaunch", "series_id", "dry_run", "url"],
+                    "image", "user", "seats", "prelaunch", "series_id", "dry_run", "keep_disks", "url"],
         "ensure_image": ["name", "disk_file", "description", "kernel", "ramdisk", "cmdline", "cores", "ram_mb",
                          "disk_gb", "platform_value", "url"],
         "commit_claim": ["plan", "url"],

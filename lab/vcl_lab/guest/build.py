@@ -58,6 +58,7 @@ class GuestInputs:
                 "init": initramfs.INIT_SCRIPT,
                 "udhcpc": initramfs.UDHCPC_SCRIPT,
                 "marker": initramfs.MARKER_SCRIPT,
+                "disk_note": initramfs.DISK_SCRIPT,
                 "try": initramfs.TRY_SCRIPT,
                 "disk": DISK_SIZE,
                 "cmdline": DEFAULT_CMDLINE,

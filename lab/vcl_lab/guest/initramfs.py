@@ -84,6 +84,23 @@ echo "vcl-guest ready $IP $MAC" >/run/vcl/marker
 # One line per connection, as many connections as come (-ll); restarted should nc ever stop.
 (while :; do nc -ll -p 80 -e /etc/vcl/marker.sh; usleep 500000; done) </dev/null >/dev/null 2>&1 &
 say "lease $IP"
+# The disk's note (persistent disks): the first 64 bytes of /dev/vda hold "vcl-disk FIRST-MAC BOOTS". Every boot
+# counts itself there, the first boot of a disk names its own MAC; port 81 answers with the note. A VM started
+# from a kept disk thus tells which VM made the disk and how many boots it has seen.
+if [ -b /dev/vda ]; then
+    set -- $(dd if=/dev/vda bs=64 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+    if [ "$1" = vcl-disk ] && echo "$2" | grep -Eq '^[0-9a-f]{2}(:[0-9a-f]{2}){5}$' \
+            && echo "$3" | grep -Eq '^[0-9]{1,9}$'; then
+        FIRST=$2; BOOTS=$(($3 + 1))
+    else
+        FIRST=$MAC; BOOTS=1
+    fi
+    printf '%-63s\n' "vcl-disk $FIRST $BOOTS" | dd of=/dev/vda bs=64 count=1 conv=notrunc,fsync 2>/dev/null \
+        || say "error: cannot write the disk's note"
+    echo "vcl-disk $FIRST $BOOTS" >/run/vcl/disk
+    (while :; do nc -ll -p 81 -e /etc/vcl/disk.sh; usleep 500000; done) </dev/null >/dev/null 2>&1 &
+    say "disk $FIRST $BOOTS"
+fi
 [ -n "$TRY" ] && /etc/vcl/try.sh "$TRY" "$IP" &
 while :; do wait; sleep 3600; done
 """
@@ -109,6 +126,11 @@ exit 0
 """
 
 MARKER_SCRIPT = "#!/bin/sh\ncat /run/vcl/marker\n"
+DISK_SCRIPT = "#!/bin/sh\ncat /run/vcl/disk\n"
+#: The port that answers with the disk's note, and the note: groups are the MAC of the disk's first boot and the
+#: number of boots the disk has seen.
+DISK_PORT = 81
+DISK_RE = re.compile(r"^vcl-disk ([0-9a-f]{2}(?::[0-9a-f]{2}){5}) ([0-9]+)\s*$", re.MULTILINE)
 
 TRY_SCRIPT = r"""#!/bin/sh
 # The hostile test guest's attempts (vcl_lab.guest.initramfs): $1 is vcl.try= (KIND:ARG... separated by ','),
@@ -255,6 +277,7 @@ def build_initramfs(busybox: bytes, kernel_release: str, modules: list[tuple[str
     cpio.add_file("init", INIT_SCRIPT.encode(), 0o755)
     cpio.add_file("etc/vcl/udhcpc.sh", UDHCPC_SCRIPT.encode(), 0o755)
     cpio.add_file("etc/vcl/marker.sh", MARKER_SCRIPT.encode(), 0o755)
+    cpio.add_file("etc/vcl/disk.sh", DISK_SCRIPT.encode(), 0o755)
     cpio.add_file("etc/vcl/try.sh", TRY_SCRIPT.encode(), 0o755)
     base = f"lib/modules/{kernel_release}"
     listing = []
