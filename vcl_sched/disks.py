@@ -128,9 +128,13 @@ def _disk(session: Session, disk_id: int) -> Disk:
 # --- quotas ----------------------------------------------------------------------------------------------------
 
 def _used(session: Session, column: Any, value: int, skip: int | None = None) -> int:
-    """Bytes the disks of a user (or a group) take: each counts its file, or its incoming copy when larger."""
-    rows = session.execute(select(Disk.id, Disk.size_bytes, Disk.incoming_bytes).where(column == value)).all()
-    return sum(max(size, incoming or 0) for did, size, incoming in rows if did != skip)
+    """Bytes the disks of a user (or a group) take: each counts its file, or its incoming copy when larger (while
+    the keep's lease lasts: a keep whose run died gives its reservation back when its lease ends)."""
+    now = config.now()
+    rows = session.execute(select(Disk.id, Disk.size_bytes, Disk.incoming_bytes, Disk.incoming_until)
+                           .where(column == value)).all()
+    return sum(max(size, incoming if incoming and until is not None and until > now else 0)
+               for did, size, incoming, until in rows if did != skip)
 
 
 def _limits(session: Session, user_id: int, group_id: int, settings: config.Settings) -> tuple[float, float]:
@@ -292,6 +296,9 @@ def set_keep(instance_id: Any, keep: Any = True, url: str | None = None) -> dict
         authz.check_instance(session, current(), inst.user_id, inst.group_id)
         if on and inst.state not in LIVE:
             raise ConflictError(f"id: instance {iid} is {inst.state}: only a live VM's disk can be kept")
+        if on and inst.slave_id is not None and inst.state != InstanceState.PENDING and not inst.launched_from:
+            raise ConflictError(f"id: instance {iid} was launched before VCL recorded the image files a VM starts"
+                                " from: its disk cannot be kept (stop it and request a VM that keeps its disk)")
         if on and (inst.user_id is None or inst.image_id is None):
             raise ValidationError("id", f"instance {iid} has no user or no image: a disk is kept per user and image"
                                         " (a seat nobody took has no user yet)")

@@ -139,7 +139,13 @@ def configure_root(state: LabState, machine: Machine, *, first_boot: bool) -> No
     pub = state.key_file.with_suffix(".pub").read_text()
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(ssh_dir / "authorized_keys", pub, 0o600)
+    # The lab's key is added, never written over the file: a machine booted again keeps the keys the roles gave it
+    # (the master's key on the slaves, which the master's copies of images and disks use), as a rebooted PC does.
+    keys = ssh_dir / "authorized_keys"
+    lines = keys.read_text().splitlines() if keys.is_file() and not keys.is_symlink() else []
+    if pub.strip() not in (line.strip() for line in lines):
+        lines.append(pub.strip())
+    write_file(keys, "\n".join(lines) + "\n", 0o600)
     if first_boot:
         # Each machine gets its own ssh host keys (the image's would make every machine look the same).
         for key in (root / "etc/ssh").glob("ssh_host_*"):

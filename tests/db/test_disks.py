@@ -153,6 +153,31 @@ def test_quotas_of_the_user_and_the_group_are_checked_before_a_keep_and_deleting
     assert disks.usage(user="ann", url=school)["users"][0]["used_bytes"] == 0
 
 
+def test_a_keep_whose_run_died_gives_its_reservation_back_when_its_lease_ends(school, monkeypatch):
+    """The run that began a keep died (the controller killed between the two transactions): the reserved size
+    counts against the quotas while the keep's lease lasts, then no more; the next stop keeps the disk."""
+    service.configure({"disk_quota_user_gb": "0.01"}, school)  # ~10 MB
+    iid, _ = launch(school)
+    other, _ = launch(school, image="other")
+    begun = disks.keep_begin(iid, 8 * MB, school)  # ... and nothing more: the run is gone
+    with pytest.raises(ValidationError, match=r"^quota: user ann"):
+        disks.keep_begin(other, 4 * MB, school)
+    with pytest.raises(ConflictError, match=rf"^disk: {begun['disk']} is in use by instance {iid}"):
+        disks.delete_disk(begun["disk"], school)
+    monkeypatch.setenv("VCL_NOW", "2026-11-22 12:01")  # the lease (2 hours) has ended
+    assert disks.usage(user="ann", url=school)["users"][0]["used_bytes"] == 0
+    disks.keep_begin(other, 4 * MB, school)
+    assert disks.keep_begin(iid, 5 * MB, school)["disk"] == begun["disk"]  # the next stop keeps it (4 + 5 MB)
+
+
+def test_a_vm_launched_before_its_image_files_were_recorded_cannot_start_keeping(school):
+    iid, _ = launch(school, keep=False)
+    with db.engine(school).begin() as conn:
+        conn.exec_driver_sql("UPDATE instances SET launched_from = NULL")
+    with pytest.raises(ConflictError, match=rf"^id: instance {iid} was launched before VCL recorded"):
+        disks.set_keep(iid, True, school)
+
+
 def test_a_failed_keep_gives_everything_back(school):
     iid, _ = launch(school)
     begun = disks.keep_begin(iid, 3 * MB, school)

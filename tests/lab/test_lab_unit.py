@@ -192,3 +192,24 @@ def test_run_playbook_uses_the_checkouts_ansible_cfg(tmp_path, monkeypatch):
     assert seen["config"] == str(REPO / "ansible.cfg")
     assert seen["collections"][0] == str(REPO / "collections")
     assert not any("nonexistent" in p for p in seen["collections"] + seen["roles"]), seen
+
+
+def test_a_machine_booted_again_keeps_the_keys_the_roles_gave_it(tmp_path, monkeypatch):
+    """configure_root adds the lab's key to root's authorized_keys and keeps the other lines (the master's key
+    that the ssh role put on a slave): a slave killed and booted again still lets the master copy disks."""
+    from vcl_lab import machines
+    from vcl_lab import state as lab_state
+
+    monkeypatch.setattr(lab_state, "state_dir", lambda name: tmp_path / name)
+    st = LabState(name="unit", lan="10.250.0.0/24", vm="10.250.1.0/24", bridge="vu0",
+                  machines=machine_plan("unit", net.Subnets(ipaddress.IPv4Network("10.250.0.0/24"),
+                                                            ipaddress.IPv4Network("10.250.1.0/24")), 1))
+    st.dir.mkdir(parents=True)
+    st.key_file.with_suffix(".pub").write_text("ssh-ed25519 AAAAlab vcl-lab\n")
+    keys = st.root("slave1") / "root/.ssh/authorized_keys"
+    keys.parent.mkdir(parents=True)
+    keys.write_text("ssh-ed25519 AAAAmaster vcl-master\n")
+    for _ in range(2):  # a second boot adds nothing
+        machines.configure_root(st, st.machines["slave1"], first_boot=False)
+    assert keys.read_text().splitlines() == ["ssh-ed25519 AAAAmaster vcl-master", "ssh-ed25519 AAAAlab vcl-lab"]
+    assert keys.stat().st_mode & 0o777 == 0o600
