@@ -129,35 +129,26 @@ def parse_pool(value: str, field_name: str) -> list[str]:
 def check_image_store(value: Any, field_name: str = "image_store") -> str:
     """The image store (or the disk store, ``field_name``): an absolute, normalised path of printable characters
     (no ``..``, not ``/``), at most :data:`MAX_SETTING_TEXT` characters."""
-    try:
-        return _check_store(value)
-    except ValidationError as err:
-        if field_name == "image_store":
-            raise
-        raise ValidationError(field_name, err.message.replace("images live in", "files live in")
-                              .replace("(default /var/lib/vcl/images)", f"(default {DEFAULT_DISK_STORE})")) from None
-
-
-def _check_store(value: Any) -> str:
+    what, default = ("images", DEFAULT_IMAGE_STORE) if field_name == "image_store" else ("files", DEFAULT_DISK_STORE)
     if not isinstance(value, str):
-        raise ValidationError("image_store", f"{shown(value)} is not text")
+        raise ValidationError(field_name, f"{shown(value)} is not text")
     problem = text_problem(value, MAX_SETTING_TEXT)
     if problem:
-        raise ValidationError("image_store", problem)
+        raise ValidationError(field_name, problem)
     if not value.isprintable():
-        raise ValidationError("image_store", f"{shown(value)} contains characters that are not printable")
+        raise ValidationError(field_name, f"{shown(value)} contains characters that are not printable")
     if not value.startswith("/") or value == "/" or value.startswith("//"):
-        raise ValidationError("image_store", f"{shown(value)} must be an absolute directory other than /")
+        raise ValidationError(field_name, f"{shown(value)} must be an absolute directory other than /")
     if ".." in value.split("/") or os.path.normpath(value) != value:
-        raise ValidationError("image_store", f"{shown(value)} must be a normalised path (no '..', '.', '//' or"
-                                             " trailing '/')")
+        raise ValidationError(field_name, f"{shown(value)} must be a normalised path (no '..', '.', '//' or"
+                                          " trailing '/')")
     system = next((d for d in SYSTEM_DIRS if value == d or value.startswith(d + "/")), None)
     if system:
-        raise ValidationError("image_store", f"{shown(value)} is inside {system}, a system directory: images live in"
-                                             " a directory of their own (default /var/lib/vcl/images)")
+        raise ValidationError(field_name, f"{shown(value)} is inside {system}, a system directory: {what} live in"
+                                          f" a directory of their own (default {default})")
     if not IMAGE_STORE_RE.match(value):
-        raise ValidationError("image_store", f"{shown(value)}: each name after a '/' is ASCII letters, digits and"
-                                             " '._+-', starting with a letter or digit (as image paths are)")
+        raise ValidationError(field_name, f"{shown(value)}: each name after a '/' is ASCII letters, digits and"
+                                          " '._+-', starting with a letter or digit (as image paths are)")
     return value
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
-from . import authz, config, db, imagepath, people
+from . import authz, catalogue, config, db, imagepath, people
 from .acting import ADMIN, TEACHER, current
 from .audit import audit
 from .errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
@@ -75,15 +75,9 @@ def _names(session: Session, disk: Disk) -> tuple[str, str, str]:
     return user, image, group
 
 
-def _user_of(session: Session, disk: Disk) -> Any:
-    return session.get(User, disk.user_id)
-
-
 def _in_use(session: Session, disk: Disk) -> int | None:
     """The live VM using this disk (it keeps the disk of the same user and image), if any."""
-    return session.scalar(select(Instance.id).where(
-        Instance.user_id == disk.user_id, Instance.image_id == disk.image_id, Instance.keep_disk == 1,
-        Instance.state.in_(LIVE)).limit(1))
+    return live_keeper(session, disk.user_id, disk.image_id)
 
 
 def _keeping(disk: Disk, now: datetime) -> bool:
@@ -152,13 +146,13 @@ def _check_quota(session: Session, disk: Disk, new_bytes: int, settings: config.
     user_gb, group_gb = _limits(session, disk.user_id, disk.group_id, settings)
     own = max(disk.size_bytes, new_bytes)  # the previous generation stays until the new one is recorded
     user, _, group = _names(session, disk)
-    for field, who, column, value, limit in (("quota", f"user {user}", Disk.user_id, disk.user_id, user_gb),
-                                              ("quota", f"group {group}", Disk.group_id, disk.group_id, group_gb)):
+    for who, column, value, limit in ((f"user {user}", Disk.user_id, disk.user_id, user_gb),
+                                      (f"group {group}", Disk.group_id, disk.group_id, group_gb)):
         total = _used(session, column, value, skip=disk.id) + own
         if total > limit * GB:
-            raise ValidationError(field, f"{who} would keep {_gb(total)} of disks, over the quota of {_gb(limit * GB)}:"
-                                         " delete a disk (vcl disk delete) or ask an admin to raise the quota"
-                                         " (vcl disk quota); the VM keeps running")
+            raise ValidationError("quota", f"{who} would keep {_gb(total)} of disks, over the quota of"
+                                           f" {_gb(limit * GB)}: delete a disk (vcl disk delete) or ask an admin to"
+                                           " raise the quota (vcl disk quota); the VM keeps running")
 
 
 def usage(user: str | None = None, group: str | None = None, url: str | None = None) -> dict[str, Any]:
@@ -303,9 +297,7 @@ def set_keep(instance_id: Any, keep: Any = True, url: str | None = None) -> dict
             raise ValidationError("id", f"instance {iid} has no user or no image: a disk is kept per user and image"
                                         " (a seat nobody took has no user yet)")
         if on and not inst.keep_disk:
-            other = session.scalar(select(Instance.id).where(
-                Instance.user_id == inst.user_id, Instance.image_id == inst.image_id, Instance.keep_disk == 1,
-                Instance.state.in_(LIVE), Instance.id != iid).limit(1))
+            other = live_keeper(session, inst.user_id, inst.image_id)  # not this VM: it does not keep yet
             if other is not None:
                 raise ConflictError(f"id: instance {other} already keeps this user's disk of that image")
         changed = inst.keep_disk != on
@@ -544,8 +536,6 @@ def capture_commit(disk_id: Any, image: Any, disk_file: Any, *, kernel: Any = No
     version (VMs running the previous one keep it; the previous files stay in the store). ``groups``: the groups
     it is for (none: every group; a teacher may name only groups they own). ``cores``, ``ram_mb`` and
     ``platform_value`` default to the disk's image's."""
-    from . import catalogue  # catalogue imports nothing from here
-
     did = whole("disk", disk_id)
     name = check_name("image", image)
     db.require_schema(url)

@@ -116,7 +116,6 @@ def _from_disk(session: Session, inst: Instance, spec: dict[str, Any], settings:
                     image_cmdline=kept["cmdline"])
     spec["kept_disk"] = None if kept is None else {k: kept[k] for k in ("id", "path", "sha256", "size_bytes",
                                                                           "generation")}
-    spec["keep_disk"] = bool(inst.keep_disk)
     launched_from = json.dumps({"disk_file": spec["image_disk"], "kernel": spec["image_kernel"],
                                 "ramdisk": spec["image_ramdisk"], "cmdline": spec["image_cmdline"]}, sort_keys=True)
     if spec["image_disk"] and inst.launched_from != launched_from:

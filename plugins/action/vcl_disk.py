@@ -11,7 +11,6 @@ from ansible.errors import AnsibleActionFail
 from ansible_collections.vcl.lab.plugins.plugin_utils.vcl_controller import VclControllerAction
 
 ACTIONS = ["list", "usage", "keep_begin", "keep_commit", "keep_abort", "delete", "capture_begin", "capture_commit"]
-READ_ONLY = {"list", "usage", "capture_begin"}
 
 # The task's arguments: the same as plugins/modules/vcl_disk.py documents.
 ARGUMENT_SPEC = {
