@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vcl_lab.playbook import run_playbook  # noqa: E402
+from bench.labbench import LabBench, stats  # noqa: E402
 from vcl_lab.testing import Lab, lab_down, lab_up  # noqa: E402
 from vcl_sched import disks, people, service  # noqa: E402
 
@@ -62,33 +61,11 @@ def size_bytes(text: str) -> int:
     return int(m.group(1)) * (1024 ** 2 if m.group(2) == "M" else 1024 ** 3)
 
 
-class Bench:
+class Bench(LabBench):
     def __init__(self, lab: Lab, url: str) -> None:
-        self.lab, self.url = lab, url
-        self.env = {"VCL_DB_URL": url, "HOME": os.environ.get("HOME", "/root")}
+        super().__init__(lab, url)
         self.slave = sorted(lab.of_role("slave"))[0]
         self.addresses = lab.addresses
-
-    def play(self, name: str, *extra: str) -> float:
-        path = ROOT / "site.yml" if name == "site" else ROOT / "playbooks" / f"{name}.yml"
-        t0 = time.monotonic()
-        recap = run_playbook(self.lab.inventory, path, *extra, cwd=ROOT, env=self.env)
-        seconds = time.monotonic() - t0
-        if not recap.ok:
-            raise SystemExit(f"{name}.yml failed:\n{recap.stdout[-5000:]}\n{recap.stderr[-2000:]}")
-        return seconds
-
-    def ssh(self, host: str, *argv: str, timeout: float = 900) -> str:
-        out = self.lab.ssh(host, *argv, timeout=timeout)
-        if out.returncode != 0:
-            raise SystemExit(f"{host}: {' '.join(argv)}: {out.stderr.strip()[-500:]}")
-        return out.stdout
-
-    def timed_on(self, host: str, *argv: str) -> float:
-        """Seconds the command takes on ``host`` (timed there: the ssh set-up is not counted)."""
-        script = 'import subprocess,sys,time\nt=time.monotonic()\nsubprocess.run(sys.argv[1:],check=True)\n' \
-                 'print(time.monotonic()-t)'
-        return float(self.ssh(host, "python3", "-c", script, *argv).strip().splitlines()[-1])
 
     def request(self, keep: bool) -> tuple[dict, float]:
         before = {r["id"] for r in service.list_instances(self.url, include_all=True)}
@@ -136,10 +113,6 @@ class Bench:
         self.play("disk", "-e", "disk_action=delete", "-e", f"disk={disk['id']}")
         return row
 
-
-def stats(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
-            "max": round(max(values), 2)}
 
 
 def main() -> int:

@@ -457,6 +457,16 @@ def cli_entries(lab: Lab) -> list[CliEntry]:
                   "ram_mb": CliField("number", ("ram_mb",)),
                   "platform_value": CliField("number", ("platform_value",))},
                  process=True, one_per_class=True),
+        CliEntry("vcl lend decline", lambda v, n: ["lend", "decline", "--", v["id"]], {"id": CliField("id", ("id",))}),
+        CliEntry("vcl lend enrol", lambda v, n: ["lend", "enrol", *_opts(
+            {k: x for k, x in v.items() if k != "host"}, {"user": "ana", "hours": "8", "request": "1"}, {}),
+            "--", v.get("host", "pc")],
+                 {"host": CliField("host", ("host", "lend_host")), "user": CliField("name", ("user", "lend_user")),
+                  "hours": CliField("number", ("hours", "lend_hours")),
+                  "request": CliField("id", ("request", "lend_instance"))},
+                 process=True, one_per_class=True),
+        CliEntry("vcl lend reclaim", lambda v, n: ["lend", "reclaim", "--", v["host"]],
+                 {"host": CliField("host", ("host", "lend_host", "name"))}, process=True, one_per_class=True),
         CliEntry("vcl audit", lambda v, n: ["audit", f"--limit={v['limit']}"],
                  {"limit": CliField("number", ("limit",))}),
         CliEntry("vcl --now", lambda v, n: [f"--now={v['now']}", "slave", "list"],
@@ -652,6 +662,18 @@ def module_entries() -> list[ModEntry]:
                   "sha256": ModField("token", base=(("action", "keep_commit"), ("id", 1), ("disk", 1),
                                                     ("size_bytes", 1), ("info", "{}"))),
                   "image": ModField("name", base=(("action", "capture_begin"), ("disk", 1)))}),
+        ModEntry("vcl.lab.vcl_lend", {"action": "list"},
+                 {"action": ModField("choice"),
+                  "id": ModField("id", base=(("action", "decline"),)),
+                  "name": ModField("host", base=(("action", "reclaim"),)),
+                  "user": ModField("name", base=(("action", "enrol"), ("name", "pcN"), ("address", "10.9.3.N"),
+                                                 ("cores", 2), ("ram_mb", 2048), ("disk_gb", 20), ("hours", 8))),
+                  "address": ModField("address", base=(("action", "enrol"), ("name", "pcN"), ("user", "ana"),
+                                                       ("cores", 2), ("ram_mb", 2048), ("disk_gb", 20),
+                                                       ("hours", 8))),
+                  "hours": ModField("number", base=(("action", "enrol"), ("name", "pcN"), ("user", "ana"),
+                                                    ("address", "10.9.3.N"), ("cores", 2), ("ram_mb", 2048),
+                                                    ("disk_gb", 20)))}),
         ModEntry("vcl.lab.vcl_db", {},
                  {**{k: ModField(v.kind, "setting", names=tuple(n for n in v.names if n != k))
                      for k, v in SETTINGS_FIELDS.items() if k != "KEY"},
@@ -710,6 +732,7 @@ def _task_args(lab: Lab, case: ModCase, n: int, var: str,
             value = next(next_instance)
         if isinstance(value, str):
             value = lab.fill(value, Path("/nonexistent")).replace("hN", f"h{n}").replace("imN", f"im{n}")
+            value = value.replace("pcN", f"pc{n}")
             value = value.replace("10.9.3.N", f"10.9.3.{10 + n % 200}")
         args[key] = value
     marker = lab.markers / f"mod{n:05d}"

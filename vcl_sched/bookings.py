@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import acting, authz, calendar, config, db, disks, placement, preempt, promises
+from . import acting, authz, calendar, config, db, disks, lending, placement, preempt, promises
 from .audit import audit
 from .catalogue import get_settings, group_ref, image_ref, user_ref
 from .claims import ClaimPlan, StaleClaim, choose_slave, commit_claim, slave_states, up_cores
@@ -101,7 +101,8 @@ def _bounded_pfv(derived: Any, given: Any, settings: config.Settings) -> Any:
 def _reservation_row(r: Reservation, owner: str, moves: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"id": r.id, "owner": owner, "seats": r.seats, "cores": r.cores, "ram_mb": r.ram_mb,
             "priority": round(r.priority, 6), "prelaunch": bool(r.prelaunch), "series": r.series_id,
-            "platform_value": r.platform_value, "member": r.member, "keep_disks": bool(r.keep_disks),
+            "platform_value": r.platform_value, "member": r.member, "register_as_slave": r.register_as_slave,
+            "keep_disks": bool(r.keep_disks),
             "state": str(r.state), "requested_start": iso(r.requested_start), "start": iso(r.start),
             "end": iso(r.end), "hours": r.hours, "rescheduled": r.rescheduled, "reason": r.reason,
             "moved": list(moves)}
@@ -135,8 +136,8 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
     settings = get_settings(url)
     now = config.now()
     actor = acting.current()
-    _priority_of(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_f * 60,
-                 0 if member is None else member, settings)  # every field checked before the transaction
+    _, asked = _priority_of(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_f * 60,
+                            0 if member is None else member, settings)  # every field checked before the transaction
     calendar.check_request_policy(start_dt, hours_f, now, settings.booking)
     end_dt = start_dt + timedelta(hours=hours_f)
 
@@ -156,7 +157,8 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
             user_id = actor.user_id
         pfv, mon = authz.priority_inputs(session, actor, group_id, img[0] if img else None, user_id,
                                          platform_value, member)
-        pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), register_as_slave, ram_n,
+        ras, ras_warning = lending.effective_ras(session, user_id, asked.register_as_slave, settings.decline_limit)
+        pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), ras, ram_n,
                                   hours_f * 60, mon, settings)
         existing = _bookings(session, start_dt, now)
         res = Reservation(group_id=group_id, user_id=user_id, image_id=img[0] if img else None,
@@ -203,6 +205,8 @@ def reserve(*, owner: str, cores: Any, ram_mb: Any, start: Any, hours: Any, plat
             audit(session, "reservation", other.id, "moved", before, after, now)
         row = _reservation_row(res, owner, moves)
         row["dry_run"] = dry_run
+        if ras_warning:
+            row["warning"] = ras_warning
         audit(session, "reservation", res.id, str(res.state), None, row, now)
         if dry_run:
             raise db.DryRun({**row, "id": None})
@@ -285,8 +289,8 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
     hours_n = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
     now = config.now()
     actor = acting.current()
-    _priority_of(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_n * 60,
-                 0 if member is None else member, settings)  # every field checked before the database is
+    _, asked = _priority_of(0 if platform_value is None else platform_value, register_as_slave, ram_n, hours_n * 60,
+                            0 if member is None else member, settings)  # every field checked before the database is
     group_id = group_ref(q, owner)
     authz.check_request(q, actor, group_id, owner, user_name)
     if not actor.is_admin:
@@ -303,17 +307,20 @@ def _decide_best_effort(q: db.Direct, owner: str, cores_n: int, ram_n: int, disk
             raise ConflictError(f"keep_disk: instance {keeper} already keeps {user_name}'s disk of image {image}:"
                                 " one VM at a time starts from a kept disk")
     pfv, mon = authz.priority_inputs(q, actor, group_id, img[0] if img else None, user_id, platform_value, member)
-    pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), register_as_slave, ram_n,
+    ras, ras_warning = lending.effective_ras(q, user_id, asked.register_as_slave, settings.decline_limit)
+    pi, inputs = _priority_of(_bounded_pfv(pfv, platform_value, settings), ras, ram_n,
                               hours_n * 60, mon, settings)
     disk = disk_n if disk_n is not None else (img[1] if img else 0)
     demand = placement.Demand(cores_n, ram_n, disk)
     answer: dict[str, Any] = {"owner": owner, "kind": "BE", "priority": round(pi, 6), "cores": cores_n,
                               "ram_mb": ram_n, "disk_gb": disk, "hours_requested": hours_n, "dry_run": dry_run,
                               "register_as_slave": inputs.register_as_slave, "id": None}
-    plan = ClaimPlan(answer, group_id, img[0] if img else None, user_name, demand, pi, settings.decline_limit,
+    plan = ClaimPlan(answer, group_id, img[0] if img else None, user_name, demand, pi,
                      settings.mac_prefix, hours=hours_n, keep_disk=keep_disk)
     if keep_disk:
         answer["keep_disk"] = True
+    if ras_warning:
+        answer["warning"] = ras_warning
     # The look-ahead (SPEC §4): the longest span, up to the hours asked, over which the VM fits on a slave beside
     # every commitment there (seats of accepted reservations, VMs until their ends) except best-effort VMs of
     # strictly lower priority, which it may suspend. With no reservation ahead, commitments only shrink over

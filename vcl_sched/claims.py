@@ -29,7 +29,7 @@ from . import acting, authz, config, db, placement
 from .audit import audit
 from .catalogue import user_ref
 from .errors import CapacityError, ConflictError, NotFoundError
-from .models import AddressPair, Group, Instance, InstanceKind, InstanceState, Slave, SlaveStatus, User
+from .models import AddressPair, Group, Instance, InstanceKind, InstanceState, Slave, SlaveStatus
 from .validate import iso, whole
 
 HOLDS_CAPACITY = (InstanceState.PENDING, InstanceState.RUNNING)  # suspended VMs hold only disk
@@ -51,7 +51,7 @@ _CASCADE = (_IS_UP, and_(_IS_UP, _HAS_CORES), and_(_IS_UP, _HAS_CORES, _HAS_RAM)
             and_(_IS_UP, _HAS_CORES, _HAS_RAM, _HAS_DISK))
 _FILTER_COUNTS = db.Prepared(select(func.count(), *(func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
                                                      for cond in _CASCADE)))
-_UP_CORES = db.Prepared(select(func.coalesce(func.sum(Slave.cores_total), 0)).where(_IS_UP))
+_UP_CORES = db.Prepared(select(func.coalesce(func.sum(Slave.cores_total), 0)).where(_IS_UP, Slave.lend_state.is_(None)))
 
 
 def sql_attribute(attribute: placement.Attribute) -> ColumnElement[int]:
@@ -159,7 +159,8 @@ def choose_slave(q: Session | db.Direct, demand: placement.Demand, policy: str, 
 
 
 def up_cores(q: Session | db.Direct) -> int:
-    """The cores of the slaves that are up: the pool the calendar books."""
+    """The cores of the lab's own slaves that are up: the pool the calendar books (no promise rests on a lent PC,
+    whose owner may take it back)."""
     return int(_UP_CORES.scalar(q))
 
 
@@ -191,11 +192,6 @@ _NEW_INSTANCE = db.Prepared(insert(Instance).returning(Instance.id), (
     "register_as_slave", "hours", "ends_at", "created_at", "updated_at", "keep_disk"))
 _COUNT_PAIRS = db.Prepared(select(func.count(), func.count(AddressPair.instance_id),
                                   func.count(AddressPair.stale_instance)).select_from(AddressPair))
-_DECLINE = db.Prepared(update(User).where(User.id == bindparam("uid"), User.declines < bindparam("limit"))
-                       .values(declines=User.declines + 1))
-_REGISTERED = db.Prepared(update(User).where(User.id == bindparam("uid"), User.registered_slave != 1)
-                          .values(registered_slave=1))
-
 
 def claim_slave(q: Session | db.Direct, slave: placement.SlaveState, demand: placement.Demand) -> None:
     """Compare-and-swap claim (Placement's generation check); a lost race retries the decision."""
@@ -270,7 +266,6 @@ class ClaimPlan:
     user_name: str | None
     demand: placement.Demand
     priority: float  # exact; answer["priority"] is rounded for display
-    decline_limit: int
     mac_prefix: str
     slave: placement.SlaveState | None = None
     ends: datetime | None = None
@@ -290,7 +285,7 @@ def new_claim_plan(slave: placement.SlaveState, demand: placement.Demand, *, gro
     answer = {"kind": "BE", "priority": round(priority, 6), "cores": demand.cores, "ram_mb": demand.ram_mb,
               "disk_gb": demand.disk_gb, "register_as_slave": register_as_slave, "id": None, "state": "pending",
               "decision": "place", "slave": slave.name, "ends_at": iso(ends), "reason": "", "dry_run": False}
-    return ClaimPlan(answer, group_id, image_id, None, demand, priority, 0, mac_prefix, slave, ends)
+    return ClaimPlan(answer, group_id, image_id, None, demand, priority, mac_prefix, slave, ends)
 
 
 def commit_claim(plan: ClaimPlan, url: str | None = None) -> dict[str, Any]:
@@ -305,16 +300,7 @@ def _apply_best_effort(tx: db.Direct, plan: ClaimPlan) -> dict[str, Any]:
     now = config.now()
     user_id = None
     if plan.user_name is not None:
-        user_id, declines = user_ref(tx, plan.user_name)
-        # SPEC §3.4: a client may decline to register as a slave `decline_limit` times (atomic check).
-        if not answer["register_as_slave"]:
-            if _DECLINE.run(tx, {"uid": user_id, "limit": plan.decline_limit}).rowcount != 1:
-                answer.update(state="refused", decision="refused",
-                              reason=f"user {plan.user_name} declined to register as a slave {declines} times"
-                                     f" (limit {plan.decline_limit}): register (register_as_slave=1) to be served")
-                raise db.DryRun(answer)  # a refusal writes nothing
-        else:
-            _REGISTERED.run(tx, {"uid": user_id})
+        user_id, _declines = user_ref(tx, plan.user_name)
     values = {"image_id": plan.image_id, "group_id": plan.group_id, "user_id": user_id, "slave_id": None,
               "cores": plan.demand.cores, "ram_mb": plan.demand.ram_mb, "disk_gb": plan.demand.disk_gb,
               "state": InstanceState.PENDING, "kind": InstanceKind.BE, "priority": plan.priority,

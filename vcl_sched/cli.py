@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
-from . import __version__, acting, bookings, cli_disks, cli_people, config, db, people, service, sessions
+from . import __version__, acting, bookings, cli_disks, cli_lend, cli_people, config, db, people, service, sessions
 from .errors import ValidationError, VclError
 from .tables import (
     EXIT_ERROR,
@@ -355,7 +355,7 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--register-as-slave", default=0, dest="register_as_slave", help="RAS: 0 or 1 (default 0)")
     p.add_argument("--member", help="MON: 0 or 1 (admins only; default: whether the user belongs to the group)")
     p.add_argument("--image", help="image name (`vcl image add`)")
-    p.add_argument("--user", help="the requesting user (counts declined slave registrations)")
+    p.add_argument("--user", help="the requesting user (their --register-as-slave 1 promises their PC)")
     p.add_argument("--dry-run", action="store_true", dest="dry_run", help="decide and show, write nothing")
 
 
@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_people.add_commands(sub, add)  # `vcl user ...` and `vcl group ...`
     cli_disks.add_commands(sub, add, _run_options, _submit)  # `vcl disk ...`
+    cli_lend.add_commands(sub, add, _run_options, _submit)  # `vcl lend ...`
 
     slv = sub.add_parser("slave", help="the KVM hosts of the pool").add_subparsers(dest="sub", required=True)
     p = add("add", cmd_slave_add, "register a slave with its capacity", slv)

@@ -44,6 +44,11 @@ class Host:
     name: str
     cores: int
     ram_mb: int
+    until: datetime | None = None  # a lent PC (SPEC §9): its lending ends then; a seat must end by it
+
+    def covers(self, seat: Seat) -> bool:
+        """Whether a seat may run here: a lab slave always, a lent PC when its lending covers the seat's window."""
+        return self.until is None or seat.end <= self.until
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +91,10 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat],
     """Place ``seats`` on ``hosts`` over time (see the module docs); stops at the first seat with no room.
 
     ``pinned`` seats (key → host id) are where they already run: they take their room on that host whatever
-    the best fit would say, so the assignment never disagrees with what runs."""
+    the best fit would say, so the assignment never disagrees with what runs. A lent PC takes a seat only when
+    its lending covers the seat's whole window, and only where no slave of the lab's own has room."""
     free = {h.id: [h.cores, h.ram_mb] for h in hosts}
+    by_id = {h.id: h for h in hosts}
     ordered = sorted(seats, key=lambda s: (s.start, -s.cores, -s.ram_mb, s.order, s.reservation, s.seat))
     ends: list[tuple[datetime, int, int, int, int]] = []  # a heap: (end, n, host, cores, ram)
     slots: dict[tuple[int, int], int] = {}
@@ -97,13 +104,14 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat],
             _, _, host, cores, ram = heapq.heappop(ends)
             free[host][0] += cores
             free[host][1] += ram
-        best: tuple[int, int, int] | None = None
+        best: tuple[Any, ...] | None = None
         pin = pinned.get(seat.key) if pinned else None
         if pin is not None and pin in free:
             best = (0, 0, pin)
         for host_id, (cores, ram) in free.items() if best is None else ():
-            if cores >= seat.cores and ram >= seat.ram_mb:
-                rank = (cores - seat.cores, ram - seat.ram_mb, host_id)
+            host = by_id[host_id]
+            if cores >= seat.cores and ram >= seat.ram_mb and host.covers(seat):
+                rank = (host.until is not None, cores - seat.cores, ram - seat.ram_mb, host_id)
                 if best is None or rank < best:
                     best = rank
         if best is None:
@@ -114,7 +122,7 @@ def assign_seats(hosts: Sequence[Host], seats: Iterable[Seat],
                       f" finds no slave with room at {seat.start:%Y-%m-%d %H:%M}: {busy} of {total} cores are"
                       f" held by seats then (largest slave {largest} cores)")
             return Assignment(slots, seat, reason)
-        host_id = best[2]
+        host_id = best[-1]
         free[host_id][0] -= seat.cores
         free[host_id][1] -= seat.ram_mb
         slots[seat.key] = host_id

@@ -257,7 +257,7 @@ class Settings:
     mac_prefix: str = DEFAULT_MAC_PREFIX
     private_pool: str = ""  # VM private addresses, 'A-B' or CIDR; paired in order with public_pool
     public_pool: str = ""
-    decline_limit: int = 2  # requests a client may make without registering as a slave (SPEC §3.4)
+    decline_limit: int = 2  # declined lendings after which a user's register_as_slave=1 counts as 0 (SPEC §9)
     # PfV of a request is in 0..platform_value_max (SPEC §3 priority.platform_value_max).
     platform_value_max: float = PLATFORM_VALUE_MAX
     # How long a launch may hold an instance before a reconcile run takes it back.

@@ -512,7 +512,7 @@ def current_revision(url: str | None = None) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 """The newest migration in migrations/versions (tests/db/test_migrations.py checks it against Alembic's own
 reading of the scripts, which costs a tenth of a second that every command would otherwise pay)."""
 

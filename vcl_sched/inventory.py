@@ -30,6 +30,7 @@ from .validate import host_name_problem, unicast_problem
 REGISTERED_GROUP = "vcl_registered"  # every slave in the database, whatever its status
 STATUS_GROUP_PREFIX = "vcl_status_"
 STATUS_GROUPS = tuple(f"{STATUS_GROUP_PREFIX}{status.value}" for status in SlaveStatus)
+LENT_GROUP = "vcl_lent"  # client PCs their owners lend to the pool (SPEC §9), whatever their lending's state
 HOSTVARS = (
     "ansible_host",
     "vcl_slave_id",
@@ -44,6 +45,8 @@ HOSTVARS = (
     "vcl_disk_gb_total",
     "vcl_disk_gb_used",
     "vcl_disk_gb_free",
+    "vcl_lend_state",
+    "vcl_lend_until",
 )
 
 _QUERY = select(
@@ -59,6 +62,8 @@ _QUERY = select(
     Slave.disk_gb_total,
     Slave.disk_gb_used,
 ).order_by(Slave.name)
+# Migration 0006 (SPEC §9): read on its own, so a database a site has not upgraded yet still lists its slaves.
+_LENT = select(Slave.name, Slave.lend_state, Slave.lend_until).where(Slave.lend_state.is_not(None))
 
 
 def status_group(status: str) -> str:
@@ -86,13 +91,23 @@ def fetch_slaves(url: str) -> list[dict[str, Any]]:
     try:
         with db.read(url) as session:
             rows = session.execute(_QUERY).all()
+            lent = _lent(session)
     except DBAPIError as err:
         _explain(url, err)
     except ImportError as err:  # the URL names a DBAPI driver that is not installed
         raise VclError(f"db_url: {safe_url(url)} needs a database driver that is not installed ({err})") from None
     except LookupError as err:  # a status outside up/down/draining, written behind the schema's back
         raise VclError(f"the lab database ({safe_url(url)}) holds a slave with an unknown status: {err}") from None
-    return [_host(row) for row in rows]
+    return [_host(row, lent.get(row[1])) for row in rows]
+
+
+def _lent(session: Any) -> dict[str, tuple[str, Any]]:
+    """The lent PCs' lending (state, until) by name; none in a database from before migration 0006."""
+    try:
+        with session.begin_nested():
+            return {name: (state, until) for name, state, until in session.execute(_LENT)}
+    except DBAPIError:
+        return {}
 
 
 def _check_url(url: str) -> None:
@@ -163,8 +178,9 @@ def row_problem(slave: dict[str, Any]) -> str:
     return f"address: {problem}" if problem else ""
 
 
-def _host(row: Any) -> dict[str, Any]:
+def _host(row: Any, lending: tuple[str, Any] | None = None) -> dict[str, Any]:
     sid, name, address, status, joined, cores, cores_used, ram, ram_used, disk, disk_used = row
+    lend_state, lend_until = lending or (None, None)
     return {
         "name": name,
         "vars": {
@@ -181,5 +197,7 @@ def _host(row: Any) -> dict[str, Any]:
             "vcl_disk_gb_total": disk,
             "vcl_disk_gb_used": disk_used,
             "vcl_disk_gb_free": disk - disk_used,
+            "vcl_lend_state": lend_state,
+            "vcl_lend_until": lend_until.isoformat(timespec="seconds") if lend_until is not None else None,
         },
     }

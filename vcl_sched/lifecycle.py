@@ -755,6 +755,10 @@ def _lose(session: Session, inst: Instance, why: str, now: datetime, lookahead: 
     before = str(inst.state)
     slave = inst.slave_id
     _give_back(session, inst)
+    if inst.moving_to is not None:  # a move off a lent PC held room elsewhere (SPEC §9): it goes back too
+        run = inst.moving_hold == "run"
+        release_slave(session, inst.moving_to, inst.cores if run else 0, inst.ram_mb if run else 0, inst.disk_gb)
+        inst.moving_to = inst.moving_hold = None
     inst.state = InstanceState.LOST
     inst.lease_owner = inst.lease_until = None
     inst.updated_at = now
@@ -819,7 +823,16 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
             report = reports[slave.name]
             wanted, was = ((SlaveStatus.DOWN, SlaveStatus.UP) if not report["reachable"]
                            else (SlaveStatus.UP, SlaveStatus.DOWN))
-            if slave.status == was:  # a draining slave stays draining either way
+            if not report["reachable"] and slave.lend_state in ("lent", "reclaiming"):
+                # A lent PC switched off without notice (SPEC §9): its lending ends; its VMs are the dead-slave
+                # case below, and when it answers again it gets no VM until its owner lends it again.
+                before = {"status": str(slave.status), "lend_state": slave.lend_state}
+                slave.status, slave.lend_state = SlaveStatus.DRAINING, "gone"
+                slave.generation += 1
+                slave.updated_at = now
+                audit(session, "slave", slave.id, "gone", before, {"status": "draining", "lend_state": "gone"})
+                result["down"].append(slave.name)
+            elif slave.status == was:  # a draining slave stays draining either way
                 audit(session, "slave", slave.id, str(wanted), {"status": str(was)}, {"status": str(wanted)})
                 slave.status = wanted
                 slave.generation += 1

@@ -151,6 +151,13 @@ class Slave(Base):
     generation: Mapped[int] = mapped_column(Integer, default=0)
     joined_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # Migration 0006 (SPEC §9): a client PC its owner lends to the pool. ``lend_state`` is None for the lab's own
+    # slaves; ``lent`` while it takes VMs (best-effort ones, and seats whose window ends by ``lend_until``);
+    # ``reclaiming`` while its VMs move away (status draining); ``gone`` when it was switched off without notice
+    # (status draining: it gets no VM when it answers again, until its owner lends it again).
+    lent_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    lend_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    lend_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Image(Base):
@@ -306,6 +313,12 @@ class Instance(Base):
     # image files it was launched from (JSON: disk_file, kernel, ramdisk, cmdline), what its overlay is backed by.
     keep_disk: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     launched_from: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Migration 0006 (SPEC §9): a served request with register_as_slave=1 owes its user's PC to the pool: None
+    # until the user is asked, then ``lent``, ``declined`` or ``unreachable``. ``moving_to``: the slave whose room
+    # a move off a reclaimed PC holds (the instance stays on its slave until the move is recorded).
+    lend_answer: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    moving_to: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    moving_hold: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "run": cores, RAM, disk; "disk"
 
 
 class AddressPair(Base):
@@ -354,4 +367,4 @@ class AuditLog(Base):
     after: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-LOCK_NAMES = ("calendar", "addresses", "disks")
+LOCK_NAMES = ("calendar", "addresses", "disks", "lending")

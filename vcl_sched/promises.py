@@ -52,7 +52,7 @@ _HOLDING = db.Prepared(
     .where(Instance.state.in_([bindparam(f"hold_{s}", s, Instance.state.type) for s in HOLDS_CAPACITY]),
            Instance.slave_id.is_not(None)))
 _SLAVES = db.Prepared(select(Slave.id, Slave.name, Slave.cores_total, Slave.ram_mb_total,
-                             type_coerce(Slave.status, String)).order_by(Slave.id))
+                             type_coerce(Slave.status, String), Slave.lend_until, Slave.lend_state).order_by(Slave.id))
 
 
 def reservation_order(priority: float, register_as_slave: int, rid: int) -> tuple[Any, ...]:
@@ -79,11 +79,13 @@ def day_seats(q: Any, days: Sequence[datetime], extra: Sequence[Seat] = (),
 
 
 def hosts_of(q: Any) -> tuple[list[Host], list[Host]]:
-    """(slaves that are up, every registered slave) as commitments see them."""
+    """(slaves that are up, every registered slave of the lab's own) as commitments see them. A lent PC (SPEC §9)
+    is up while it is lent, with its lending's end: it takes best-effort VMs, and seats that end by then; what a
+    request can never fit is judged on the lab's own slaves (a PC's owner may take it back)."""
     rows = _SLAVES.all(q)
-    every = [Host(r[0], r[1], r[2], r[3]) for r in rows]
+    every = [Host(r[0], r[1], r[2], r[3], r[5] if r[6] is not None else None) for r in rows]
     up_ids = {r[0] for r in rows if r[4] == "up"}
-    return [h for h in every if h.id in up_ids], every
+    return [h for h in every if h.id in up_ids], [h for h in every if h.until is None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +300,9 @@ def choose_seat_slave(v: View, states: Sequence[placement.SlaveState], demand: p
     if only_assigned:
         where = by_id[target].name if target in by_id else "its slave"
         return Decision("wait", reason=f"prelaunched seat: {where} has no room for it before the window opens")
-    others = [s for s in states if s.id not in exclude]
+    seat_end = next((s.end for s in v.seats if s.key == (reservation, seat)), None)
+    short = {h.id for h in v.hosts if h.until is not None and (seat_end is None or seat_end > h.until)}
+    others = [s for s in states if s.id not in exclude and s.id not in short]
     pre = preempt.plan(others, demand, math.inf, [vm for vm in running if vm.kind == InstanceKind.BE], policy)
     if pre.action == "place" and pre.slave is not None:
         return Decision("place", pre.slave)

@@ -77,14 +77,16 @@ def register_slave(name: Any, address: Any, cores: Any, ram_mb: Any, disk_gb: An
 
 def drain_absent(inventory: Iterable[Any], url: str | None = None) -> dict:
     """Mark every registered slave that is not in ``inventory`` as draining: it gets no new VMs, and the
-    ones it hosts keep running. Returns ``{"changed": bool, "drained": [names]}``."""
+    ones it hosts keep running. Lent PCs are left alone. Returns ``{"changed": bool, "drained": [names]}``."""
     keep = {host_name("inventory", name) for name in inventory}
     db.require_schema(url)
 
     def apply(session: Session) -> dict[str, Any]:
         authz.require_admin(session, "slave")
         drained = []
-        query = select(Slave).where(Slave.status != SlaveStatus.DRAINING).order_by(Slave.name)
+        # A lent PC is not in the inventory's slaves: lend.yml and reclaim.yml bring it in and out (SPEC §9).
+        query = (select(Slave).where(Slave.status != SlaveStatus.DRAINING, Slave.lend_state.is_(None))
+                 .order_by(Slave.name))
         for slave in session.scalars(query):
             if slave.name in keep:
                 continue

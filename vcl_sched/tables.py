@@ -68,6 +68,8 @@ def reservation_text(r: dict[str, Any]) -> str:
              f" {_block(r)} {r['start']} → {r['end']}"]
     if r["reason"]:
         lines.append(f"  {r['reason']}")
+    if r.get("warning"):
+        lines.append(f"  warning: {r['warning']}")
     lines += [f"  moved reservation {m['id']}: {m['from']} → {m['to']} ({m['reason']})" for m in r["moved"]]
     return "\n".join(lines)
 
@@ -87,6 +89,8 @@ def request_text(r: dict[str, Any]) -> str:
         lines.append(f"{head}request {r['decision']} (priority {r['priority']:.3f})")
     if r.get("reason"):
         lines.append(f"  {r['reason']}")
+    if r.get("warning"):
+        lines.append(f"  warning: {r['warning']}")
     if r.get("explain"):
         lines.append(f"  placement: {r['explain']}")
     return "\n".join(lines)

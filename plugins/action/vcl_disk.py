@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
-from ansible_collections.vcl.lab.plugins.plugin_utils.vcl_controller import VclControllerAction
+from ansible_collections.vcl.lab.plugins.plugin_utils.vcl_controller import VclControllerAction, need
 
 ACTIONS = ["list", "usage", "keep_begin", "keep_commit", "keep_abort", "delete", "capture_begin", "capture_commit"]
 
@@ -36,12 +36,6 @@ ARGUMENT_SPEC = {
 }
 
 
-def _need(args: dict[str, Any], action: str, *keys: str) -> None:
-    for key in keys:
-        if args[key] in (None, ""):
-            raise AnsibleActionFail(f"{key}: action {action} needs it")
-
-
 class ActionModule(VclControllerAction):
     ARGUMENT_SPEC = ARGUMENT_SPEC
 
@@ -54,19 +48,19 @@ class ActionModule(VclControllerAction):
         if action == "usage":
             return {"changed": False, "usage": disks.usage(args["user"], args["group"], url)}
         if action in ("keep_begin", "keep_commit", "keep_abort"):
-            _need(args, action, "id")
+            need(args, action, "id")
         if action in ("keep_commit", "keep_abort", "delete", "capture_begin", "capture_commit"):
-            _need(args, action, "disk")
+            need(args, action, "disk")
         if action == "capture_begin":
-            _need(args, action, "image")
+            need(args, action, "image")
             return {"changed": False, "capture": disks.capture_begin(args["disk"], args["image"], args["taken"], url)}
         if check_mode:
             return {"changed": True}
         if action == "keep_begin":
-            _need(args, action, "size_bytes")
+            need(args, action, "size_bytes")
             return {"changed": True, "keep": disks.keep_begin(args["id"], args["size_bytes"], url)}
         if action == "keep_commit":
-            _need(args, action, "size_bytes", "sha256", "info")
+            need(args, action, "size_bytes", "sha256", "info")
             row = disks.keep_commit(args["id"], args["disk"], args["size_bytes"], args["sha256"], args["info"], url)
             return {"changed": True, "disk": row}
         if action == "keep_abort":
@@ -75,7 +69,7 @@ class ActionModule(VclControllerAction):
         if action == "delete":
             return {"changed": True, "disk": disks.delete_disk(args["disk"], url)}
         # capture_commit
-        _need(args, action, "image")
+        need(args, action, "image")
         files = args["files"] or {}
         if not files.get("disk_file"):
             raise AnsibleActionFail("files: action capture_commit needs files.disk_file")

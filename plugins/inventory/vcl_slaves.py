@@ -16,11 +16,13 @@ description:
     every slave as a host named after the slave, so it merges with the same host in a static
     C(hosts.yml).
   - Groups C(vcl_registered) (every slave) and C(vcl_status_up), C(vcl_status_down),
-    C(vcl_status_draining) (by status). The status groups always exist, possibly empty.
+    C(vcl_status_draining) (by status), and C(vcl_lent), the client PCs their owners lend to the pool (lent, being
+    taken back, or gone). These groups always exist, possibly empty.
   - Host variables C(ansible_host) (the slave's address), C(vcl_slave_id), C(vcl_status),
     C(vcl_joined_at) (ISO 8601), C(vcl_cores_total), C(vcl_cores_used), C(vcl_cores_free),
     C(vcl_ram_mb_total), C(vcl_ram_mb_used), C(vcl_ram_mb_free), C(vcl_disk_gb_total),
-    C(vcl_disk_gb_used), C(vcl_disk_gb_free).
+    C(vcl_disk_gb_used), C(vcl_disk_gb_free), C(vcl_lend_state) (C(lent), C(reclaiming), C(gone), or null for the
+    lab's own slaves) and C(vcl_lend_until) (ISO 8601, or null).
   - Values from the database are data, never templates.
   - A row that would break plays or the lab is left out, with a warning naming the slave and the field. That is
     a name Ansible or this plugin already gives a meaning (C(localhost), C(all), a group), an address that is not
@@ -77,7 +79,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructa
 try:
     from vcl_sched import config as vcl_config
     from vcl_sched.errors import VclError
-    from vcl_sched.inventory import REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, row_problem, status_group
+    from vcl_sched.inventory import LENT_GROUP, REGISTERED_GROUP, STATUS_GROUPS, fetch_slaves, row_problem, status_group
     from vcl_sched.registry import lab_network
 except ImportError as err:
     VCL_IMPORT_ERROR: ImportError | None = err
@@ -149,7 +151,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _populate(self, slaves, network):
         inventory = self.inventory
-        for group in (REGISTERED_GROUP, *STATUS_GROUPS):
+        for group in (REGISTERED_GROUP, LENT_GROUP, *STATUS_GROUPS):
             inventory.add_group(group)
         # The constructed features cost a template evaluation per host: only when configured.
         constructed = any(self.get_option(option) for option in CONSTRUCTED)
@@ -161,6 +163,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 continue
             inventory.add_host(name, group=REGISTERED_GROUP)
             inventory.add_child(inventory.add_group(status_group(hostvars["vcl_status"])), name)
+            if hostvars.get("vcl_lend_state") is not None:
+                inventory.add_child(LENT_GROUP, name)
             for key, value in hostvars.items():
                 inventory.set_variable(name, key, value)
             if constructed:

@@ -22,6 +22,10 @@ description:
   - C(state=running) on a defined domain that is shut off starts it; when it has a managed save image
     the start restores the saved guest (this is how a suspended VM is resumed). A paused domain is resumed.
     A running domain is left alone (no change). O(xml) is only used to define a missing domain.
+  - C(state=running) on a defined domain that is shut off without a managed save image, when O(saved_file) is
+    a regular file, restores the guest from that file (libvirt's C(virDomainRestore)) instead of a cold boot, then
+    removes the file; this resumes a VM that M(vcl.lab.vcl_domain_move) imported from another slave with
+    C(start=false).
   - C(state=suspended) saves the guest's memory to disk with libvirt's managed save, so the QEMU process
     ends and the slave's RAM is freed. A domain that is already saved is left alone; a defined domain that
     is shut off without a save image, or a missing one, fails.
@@ -29,7 +33,7 @@ description:
     kept is copied from there). It sends an ACPI shutdown request, waits up to O(shutdown_timeout) seconds for the
     guest to power off, then powers it off. A domain already shut off (or saved) is left alone; a missing one fails.
   - C(state=absent) stops the domain if it is active, undefines it together with its managed save image,
-    snapshot metadata and NVRAM, then removes O(overlay) and O(cleanup_paths).
+    snapshot metadata and NVRAM, then removes O(overlay), O(saved_file) and O(cleanup_paths).
   - With C(state=running), a base image, kernel or initrd missing from the slave's image cache fails the run
     before anything is created, listing them in RV(missing), so the playbook can copy them and run again.
   - O(xml) is refused when it is not a C(<domain>) named O(name), when O(overlay) is not one of its disks,
@@ -68,6 +72,16 @@ options:
     description:
       - The instance's qcow2 overlay; must be a disk of O(xml).
       - Created when missing and the domain is being defined; removed with O(state=absent).
+    type: path
+  saved_file:
+    description:
+      - A file of the guest's memory saved with libvirt's C(virDomainSave) (written by M(vcl.lab.vcl_domain_move)
+        with C(state=exported) on another slave and copied here).
+      - With O(state=running), a domain that is defined and shut off without a managed save image is restored
+        from it when it is a regular file (a symlink or anything else is refused), and the file is removed after
+        the restore; the saved image must hold this domain (same name and UUID). A missing file means a cold start
+        as without this option. Not used when the domain is missing, running or has a managed save image.
+      - Removed with O(state=absent).
     type: path
   cleanup_paths:
     description:
@@ -114,11 +128,19 @@ EXAMPLES = r"""
     name: vcl-42
     state: running
 
+- name: Resume a VM imported from another slave with start=false (restores its saved memory, removes the file)
+  vcl_domain:
+    name: vcl-42
+    state: running
+    overlay: /var/lib/vcl/instances/vcl-42.qcow2
+    saved_file: /var/lib/vcl/instances/vcl-42.save
+
 - name: Remove it and its files
   vcl_domain:
     name: vcl-42
     state: absent
     overlay: /var/lib/vcl/instances/vcl-42.qcow2
+    saved_file: /var/lib/vcl/instances/vcl-42.save
     cleanup_paths:
       - /var/log/vcl/vcl-42.serial.log
 """
@@ -162,7 +184,9 @@ created:
   elements: str
   sample: [overlay, domain]
 removed:
-  description: Files this run removed (overlay, cleanup paths, or leftovers of a failed launch).
+  description: >-
+    Files this run removed (in check mode: would remove): overlay, saved file, cleanup paths, leftovers of a
+    failed launch, or the O(saved_file) a domain was restored from.
   returned: always
   type: list
   elements: str
@@ -172,96 +196,42 @@ import contextlib
 import json
 import os
 import re
+import stat
 import time
 import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vcl.lab.plugins.module_utils.vcl_libvirt import URI_RE, state_name, vnc_port
-from ansible_collections.vcl.lab.plugins.module_utils.vcl_lock import LOCK_DIR, MAX_TIMEOUT, LockError, vm_lock
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_domain_xml import (
+    ACTIVE_STATES,
+    DomainRun,
+    InputError,
+    StepError,
+    abs_path,
+    check_common,
+    check_xml,
+    remove_file,
+    run_domain_module,
+)
+from ansible_collections.vcl.lab.plugins.module_utils.vcl_libvirt import state_name
 
 try:
     import libvirt
 except ImportError:  # pragma: no cover - reported by main()
     libvirt = None
 
-NAME_RE = re.compile(r"^vcl-[A-Za-z0-9_]{1,21}$")
-VNC_PASSWD_MAX = 8  # libvirt's qemu driver refuses longer VNC passwords at define
-ACTIVE_STATES = {"running", "blocked", "paused", "pmsuspended", "shutdown"}
-
-
-class InputError(ValueError):
-    """A bad parameter; the message names the field."""
-
-
-class StepError(RuntimeError):
-    """A libvirt or qemu-img step failed; the message names the step."""
-
-
-def _abs_path(value, field):
-    if value is None:
-        return None
-    if not value or not os.path.isabs(value) or "\0" in value:
-        raise InputError(f"{field}: {value!r} is not an absolute path")
-    path = os.path.normpath(value)
-    if path == "/" or os.path.isdir(path):
-        raise InputError(f"{field}: {value!r} is a directory, not a file")
-    return path
-
-
-def _graphics_errors(root):
-    for graphics in root.iter("graphics"):
-        kind, passwd = graphics.get("type"), graphics.get("passwd")
-        if kind in ("vnc", "spice") and not passwd:
-            listens = [graphics.get("listen")] + [le.get("address") for le in graphics.iter("listen")]
-            where = ", ".join(sorted({a for a in listens if a})) or "the default address"
-            yield f"xml: {kind} graphics on {where} has no passwd attribute (never a console without a password)"
-        elif kind == "vnc" and len(passwd) > VNC_PASSWD_MAX:
-            yield f"xml: the VNC passwd is {len(passwd)} characters long; VNC allows at most {VNC_PASSWD_MAX}"
-
-
-def check_xml(xml, name, overlay):
-    """The parsed domain XML, or InputError naming ``xml`` (or ``overlay``) with what is wrong."""
-    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:  # no entity expansion tricks: libvirt needs neither
-        raise InputError("xml: a DOCTYPE or ENTITY declaration is not allowed in domain XML")
-    try:
-        root = ET.fromstring(xml)  # noqa: S314  (no DTD, checked above; written by the controller)
-    except ET.ParseError as err:
-        raise InputError(f"xml: not well-formed XML ({err})") from None
-    if root.tag != "domain":
-        raise InputError(f"xml: the root element is <{root.tag}>, not <domain>")
-    found = (root.findtext("name") or "").strip()
-    if found != name:
-        raise InputError(f"xml: the domain's <name> is {found!r}, not {name!r} (option name)")
-    for error in _graphics_errors(root):
-        raise InputError(error)
-    if overlay is not None:
-        sources = {
-            os.path.normpath(src.get("file"))
-            for disk in root.iter("disk")
-            for src in disk.findall("source")
-            if src.get("file")
-        }
-        if overlay not in sources:
-            raise InputError(f"overlay: {overlay} is not a disk of the domain XML (its disks: {sorted(sources)})")
-    return root
-
 
 def validate(p):
-    """Check every input; returns the normalised parameters or raises InputError naming the field."""
+    """Check every input (the common ones with shutdown_timeout, the paths, the XML); returns the normalised
+    parameters, with the XML's domain type resolved, or raises InputError naming the field."""
+    check_common(p, seconds=("shutdown_timeout",))
     name = p["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InputError(f"name: {name!r} is not vcl-<id> (id: letters, digits and _, at most 21)")
-    if not isinstance(p["lock_timeout"], int) or not 0 <= p["lock_timeout"] <= MAX_TIMEOUT:
-        raise InputError(f"lock_timeout: {p['lock_timeout']!r} is not a number of seconds in 0..{MAX_TIMEOUT}")
-    if not isinstance(p.get("shutdown_timeout", 0), int) or not 0 <= p.get("shutdown_timeout", 0) <= MAX_TIMEOUT:
-        raise InputError(f"shutdown_timeout: {p.get('shutdown_timeout')!r} is not a number of seconds in"
-                         f" 0..{MAX_TIMEOUT}")
-    if not URI_RE.match(p["uri"] or ""):
-        raise InputError(f"uri: {p['uri']!r} is not a libvirt URI (for example qemu:///system)")
     out = dict(p)
-    out["base"] = _abs_path(p["base"], "base")
-    out["overlay"] = _abs_path(p["overlay"], "overlay")
-    out["cleanup_paths"] = [_abs_path(v, "cleanup_paths") for v in p["cleanup_paths"]]
+    out["base"] = abs_path(p["base"], "base")
+    out["overlay"] = abs_path(p["overlay"], "overlay")
+    out["cleanup_paths"] = [abs_path(v, "cleanup_paths") for v in p["cleanup_paths"]]
+    out["saved_file"] = abs_path(p["saved_file"], "saved_file")
+    if out["saved_file"] is not None and out["saved_file"] in (out["base"], out["overlay"]):
+        raise InputError("saved_file: must not be the base image or the overlay")
     if out["base"] is not None and out["base"] == out["overlay"]:
         raise InputError("overlay: must not be the base image itself")
     if out["base"] is not None and out["base"] in out["cleanup_paths"]:
@@ -297,56 +267,20 @@ def resolve_domain_type(xml, fact=KVM_FACT, cpuinfo="/proc/cpuinfo"):
     return _AUTO_TYPE.sub(lambda m: f"{m.group(1)}{m.group(2)}{kind}{m.group(2)}", xml, count=1)
 
 
-def _undefine(dom):
-    flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-    try:
-        dom.undefineFlags(flags | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-    except libvirt.libvirtError as err:
-        # Drivers without NVRAM support (libvirt's test driver) refuse the flag: retry without it.
-        if err.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
-            raise
-        dom.undefineFlags(flags)
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-class Domain:
+class Domain(DomainRun):
     """The work of one run against one connection; ``result`` is what the module returns."""
 
     def __init__(self, module, conn, p):
-        self.module, self.conn, self.p = module, conn, p
-        self.check = module.check_mode
-        self.result = {"changed": False, "created": [], "removed": [], "uuid": None, "managed_save": False,
-                       "vnc_port": None, "domain_state": "absent"}  # fmt: skip
-
-    def lookup(self):
-        try:
-            return self.conn.lookupByName(self.p["name"])
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise StepError(f"looking up domain {self.p['name']} failed: {err}") from None
+        super().__init__(module, conn, p, libvirt, {
+            "changed": False, "created": [], "removed": [], "uuid": None, "managed_save": False, "vnc_port": None,
+            "domain_state": "absent",
+        })  # fmt: skip
 
     def describe(self, dom):
         if dom is None:
             return
-        self.result["uuid"] = dom.UUIDString()
         self.result["managed_save"] = bool(dom.hasManagedSaveImage(0))
-        self.result["domain_state"] = state_name(dom)
-        running = self.result["domain_state"] == "running"
-        self.result["vnc_port"] = vnc_port(dom, (libvirt.libvirtError,)) if running else None
-
-    def step(self, what, call, *args):
-        try:
-            return call(*args)
-        except libvirt.libvirtError as err:
-            raise StepError(f"{what} failed: {err}") from None
+        super().describe(dom)
 
     def missing_image_files(self, make_overlay):
         """The image files this domain needs that the slave's cache lacks (the base image, when an overlay
@@ -397,9 +331,7 @@ class Domain:
             created.append("domain")
             self.step("starting the domain", dom.create)
         except StepError as err:
-            undone = self.rollback(dom, existed)
-            self.result["created"] = []
-            raise StepError(f"{err}; rolled back: {', '.join(undone) or 'nothing to undo'}") from None
+            raise self.rolled_back(err, self.rollback(dom, existed)) from None
         self.describe(dom)
 
     def start_existing(self, dom):
@@ -412,8 +344,14 @@ class Domain:
             if self.p["overlay"] is not None and not os.path.exists(self.p["overlay"]):
                 raise StepError(f"overlay: {self.p['overlay']} does not exist but {self.p['name']} is defined"
                                 " with it; remove the domain (state=absent) and launch again")  # fmt: skip
+            saved_file = None if dom.hasManagedSaveImage(0) else self.saved_file(dom)
             self.result["changed"] = True
-            if not self.check:
+            if saved_file is not None:  # the guest's memory from another slave (vcl_domain_move)
+                if not self.check:
+                    self.step(f"restoring the domain from {saved_file}", self.conn.restoreFlags, saved_file, None, 0)
+                    remove_file(saved_file)
+                self.result["removed"].append(saved_file)
+            elif not self.check:
                 saved = dom.hasManagedSaveImage(0)
                 self.step("restoring the domain from its managed save" if saved else "starting the domain",
                           dom.create)  # fmt: skip
@@ -421,22 +359,32 @@ class Domain:
         if self.check and self.result["changed"]:
             self.result.update(domain_state="running", managed_save=False)
 
+    def saved_file(self, dom):
+        """The option saved_file when it is there to restore ``dom`` from (None when not given or missing);
+        InputError when it is a symlink or no regular file, or its saved image holds another domain."""
+        path = self.p["saved_file"]
+        try:
+            st = os.lstat(path) if path is not None else None
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise InputError(f"saved_file: {path} is {kind}; refused (nothing followed)")
+        _xml, root = self.read_saved_image(path)
+        found, uuid = (root.findtext("uuid") or "").strip(), dom.UUIDString()
+        if found != uuid:
+            raise InputError(f"saved_file: {path} holds the domain with UUID {found!r}, not {self.p['name']}'s {uuid}")
+        return path
+
     def rollback(self, dom, existed):
         """Undo this run's creations; returns what was undone. Never raises: the first error matters."""
-        undone = []
-        if dom is not None and "domain" in self.result["created"]:
-            with contextlib.suppress(libvirt.libvirtError):
-                if dom.isActive():
-                    dom.destroy()
-            try:
-                _undefine(dom)
-                undone.append("domain")
-            except libvirt.libvirtError as err:
-                undone.append(f"domain NOT undefined ({err})")
-        if "overlay" in self.result["created"] and _remove(self.p["overlay"]):
+        undone = self.undo_definition(dom)
+        if "overlay" in self.result["created"] and remove_file(self.p["overlay"]):
             undone.append("overlay")
         for path in self.p["cleanup_paths"]:
-            if path not in existed and _remove(path):
+            if path not in existed and remove_file(path):
                 undone.append(path)
                 self.result["removed"].append(path)
         return undone
@@ -499,13 +447,13 @@ class Domain:
                 if dom.isActive():
                     self.step("stopping the domain", dom.destroy)
                 if persistent:
-                    self.step("undefining the domain", _undefine, dom)
-        for path in filter(None, [self.p["overlay"], *self.p["cleanup_paths"]]):
+                    self.step("undefining the domain", self.undefine, dom)
+        for path in filter(None, [self.p["overlay"], self.p["saved_file"], *self.p["cleanup_paths"]]):
             if os.path.lexists(path):
                 self.result["changed"] = True
                 self.result["removed"].append(path)
                 if not self.check:
-                    _remove(path)
+                    remove_file(path)
 
 
 def main():
@@ -517,39 +465,14 @@ def main():
             "xml": {"type": "str", "no_log": True},
             "base": {"type": "path"},
             "overlay": {"type": "path"},
+            "saved_file": {"type": "path"},
             "cleanup_paths": {"type": "list", "elements": "path", "default": []},
             "uri": {"type": "str", "default": "qemu:///system"},
             "lock_timeout": {"type": "int", "default": 300},
         },
         supports_check_mode=True,
     )
-    try:
-        p = validate(module.params)
-    except InputError as err:
-        module.fail_json(msg=str(err))
-    if libvirt is None:
-        module.fail_json(msg="vcl_domain needs the libvirt Python bindings on the slave (Debian: python3-libvirt)")
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors go to the result, not stderr
-
-    with contextlib.ExitStack() as held:
-        try:  # LOCK_DIR is read here, at run time (the tests point it elsewhere)
-            held.enter_context(vm_lock(p["name"], f"vcl_domain state={p['state']}", p["lock_timeout"], LOCK_DIR,
-                                       prefix="vcl_domain"))  # fmt: skip
-        except LockError as err:
-            module.fail_json(msg=str(err))
-        try:
-            conn = libvirt.open(p["uri"])
-        except libvirt.libvirtError as err:
-            module.fail_json(msg=f"uri: cannot connect to {p['uri']}: {err}")
-        work = Domain(module, conn, p)
-        try:
-            getattr(work, p["state"])()
-        except (InputError, StepError) as err:
-            module.fail_json(msg=str(err), **work.result)
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
-    module.exit_json(**work.result)
+    run_domain_module(module, validate, Domain, libvirt, "vcl_domain")
 
 
 if __name__ == "__main__":

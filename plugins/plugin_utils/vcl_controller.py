@@ -43,6 +43,13 @@ def plain(value: Any) -> Any:
         raise AnsibleActionFail(f"arguments: expected plain data (strings, numbers, lists, mappings): {err}") from None
 
 
+def need(args: dict[str, Any], action: str, *keys: str) -> None:
+    """Fail naming the first of ``keys`` that the task left empty: action ``action`` needs each of them."""
+    for key in keys:
+        if args[key] in (None, ""):
+            raise AnsibleActionFail(f"{key}: action {action} needs it")
+
+
 class VclControllerAction(ActionBase):
     """A vcl.lab action that reads or writes the lab database on the controller."""
 

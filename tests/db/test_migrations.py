@@ -60,7 +60,7 @@ def test_upgrading_a_0001_database_keeps_its_data_and_adds_the_placement_indexes
                           " ('old', '10.1.0.5', 8, 2, 4096, 512, 50, 5, 'up', 7, :t, :t)"),
                      {"t": datetime(2025, 11, 1, 9, 0)})
     service.init(db_url)
-    assert db.current_revision(db_url) == db.head_revision() == "0005"
+    assert db.current_revision(db_url) == db.head_revision() == "0006"
     assert {"ix_slaves_spread", "ix_slaves_pack"} <= _index_names(db_url)
     [old] = service.list_slaves(db_url)
     assert (old["name"], old["cores_used"], old["generation"], old["joined_at"]) == ("old", 2, 7, "2025-11-01 09:00")

@@ -30,7 +30,7 @@ from sqlalchemy import or_, select
 from vcl_lab import machines
 from vcl_lab.playbook import Recap, run_playbook
 from vcl_lab.testing import REPO, Lab, lab_up
-from vcl_sched import db, disks, lifecycle, people, runner, service
+from vcl_sched import db, disks, lending, lifecycle, people, runner, service
 from vcl_sched.models import AddressPair, Instance, InstanceState, Slave
 
 pytestmark = pytest.mark.lab
@@ -464,5 +464,86 @@ def test_a_kept_disk_follows_its_user_survives_a_killed_copy_and_becomes_an_imag
         assert unaccounted(lab, url) == []
     finally:
         lab_up(lab.name)
+        for name in slaves:
+            service.set_slave_status(name, "up", url)
+
+
+LENDER = "lena"
+
+
+def free_cores(url: str, slave: str) -> int:
+    return next(s["cores_free"] for s in service.list_slaves(url) if s["name"] == slave)
+
+
+def test_a_lent_pc_takes_a_vm_and_its_owner_takes_it_back_without_losing_the_vm(lab, failover_db):
+    """Issue 15 end to end: LENDER's request with register_as_slave=1 is served, so her PC (the client machine) is
+    enrolled as a lent slave by lend.yml and gets two best-effort VMs; she takes it back with reclaim.yml (through
+    the runner, as `vcl lend reclaim` submits it) while the one slave that is up has room for one of them: that one
+    moves and answers again from the same boot (its disk note still counts one boot, its serial log shows one), the
+    other waits suspended there and, once room returns, resumes from the memory it moved with (still its first
+    boot). The PC keeps no VM, domain, file or VCL rule."""
+    url = failover_db
+    slaves = sorted(lab.of_role("slave"))
+    people.add_user(LENDER, role="student", url=url)
+    people.add_members(GROUP, [LENDER], url=url)
+    try:
+        # 1. Her request (RAS=1) is served on a slave of the lab: her PC is owed.
+        must(play(lab, url, "reserve", "-e", f"owner={GROUP}", "-e", "cores=1", "-e", "ram_mb=128", "-e", "hours=1",
+                  "-e", "image=vcl-guest", "-e", f"user={LENDER}", "-e", "register_as_slave=1"), "reserve.yml RAS=1")
+        [owed] = lending.owed(url)
+        assert owed["user"] == LENDER
+        # 2. Enrolled: bootstrapped by the slave roles, registered lent with its real capacity.
+        began = time.monotonic()
+        enrolled = through_runner(lab, url, "lend", {"lend_host": "client", "lend_user": LENDER,
+                                                      "lend_instance": str(owed["id"]), "lend_hours": "2"})
+        print(f"enrolment of the client took {time.monotonic() - began:.1f} s")
+        assert enrolled.ok, enrolled.to_json()
+        [pc] = lending.list_lent(url)
+        assert (pc["name"], pc["lent_by"], pc["lend_state"], pc["status"]) == ("client", LENDER, "lent", "up")
+        assert pc["cores_total"] >= 1 and lending.owed(url) == []
+        assert re.search(r"\svcl-vm$", lab.ssh("client", "virsh", "nwfilter-list").stdout, re.MULTILINE)
+        # 3. Two best-effort VMs land on the PC (the lab's slaves take none for now) and answer.
+        only_up(url, "client", slaves)
+        vm, waiter = keep_request(lab, url, keep=False), keep_request(lab, url, keep=False)
+        assert vm["slave"] == waiter["slave"] == "client", (vm, waiter)
+        for each in (vm, waiter):
+            reaches(lab, each)
+            assert lab.disk_note(each["public_ip"]) == (each["mac"], 1)
+        # The first slave keeps room for one of them to run: the other will wait there, suspended.
+        only_up(url, slaves[0], slaves)
+        fillers = []
+        while free_cores(url, slaves[0]) > 1:
+            fillers.append(keep_request(lab, url, keep=False))
+        # 4. Taken back: the first VM moves to the first slave and runs on in the same boot; the second waits there
+        # suspended, with its saved memory.
+        began = time.monotonic()
+        back = through_runner(lab, url, "reclaim", {"lend_host": "client"})
+        print(f"taking the client back (two VMs of 128 MB moved) took {time.monotonic() - began:.1f} s")
+        assert back.ok, back.to_json()
+        assert back.vcl_result["moved"] == [vm["id"], waiter["id"]] and back.vcl_result["returned"] == ["client"]
+        moved, waiting = lifecycle.describe(vm["id"], url), lifecycle.describe(waiter["id"], url)
+        assert (moved["state"], moved["slave"], moved["mac"], moved["public_ip"]) == (
+            "running", slaves[0], vm["mac"], vm["public_ip"])
+        assert (waiting["state"], waiting["slave"]) == ("suspended", slaves[0])
+        reaches(lab, vm)
+        assert lab.disk_note(vm["public_ip"]) == (vm["mac"], 1)  # no second boot
+        log = lab.ssh(slaves[0], "cat", f"{INSTANCE_DIR}/vcl-{vm['id']}.log").stdout
+        assert log.count("vcl-guest: booted") == 1, log
+        # Room returns (the moved VM ends): the waiting VM resumes from the memory it moved with, in its first boot.
+        ended = ",".join(str(v["id"]) for v in (vm, *fillers))
+        must(play(lab, url, "stop", "-e", f"ids={ended}"), "stop.yml")
+        must(play(lab, url, "resume", "-e", f"id={waiter['id']}"), "resume.yml")
+        reaches(lab, waiter)
+        assert lab.disk_note(waiter["public_ip"]) == (waiter["mac"], 1)
+        assert lab.ssh(slaves[0], "test", "-e", f"{INSTANCE_DIR}/vcl-{waiter['id']}.save").returncode == 1
+        # 5. The PC left the pool and keeps nothing of VCL's VMs.
+        assert lending.list_lent(url) == [] and "client" not in {s["name"] for s in service.list_slaves(url)}
+        assert lab.ssh("client", "virsh", "list", "--all", "--name").stdout.strip() == ""
+        assert lab.ssh("client", "find", INSTANCE_DIR, "-mindepth", "1").stdout.strip() == ""
+        rules = lab.ssh("client", "iptables-save").stdout + lab.ssh("client", "ebtables-save").stdout
+        assert not re.search(r"vnet|libvirt-[IOP]-|VCL", rules), rules
+        must(play(lab, url, "stop", "-e", f"id={waiter['id']}"), "stop.yml")
+        assert unaccounted(lab, url) == []
+    finally:
         for name in slaves:
             service.set_slave_status(name, "up", url)

@@ -8,12 +8,9 @@ wrapper does (as tests/modules/test_vcl_network.py does)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -22,98 +19,15 @@ import jinja2
 import pytest
 
 libvirt = pytest.importorskip("libvirt")
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
+import domain_support  # noqa: E402
+from domain_support import URI, domain, load, render, run  # noqa: E402
 
 pytestmark = pytest.mark.libvirt
 
-REPO = Path(__file__).resolve().parents[2]
-# Modules are imported the collection way (pytest puts collections/ on sys.path; processes get PYTHONPATH).
-PACKAGE = "ansible_collections.vcl.lab.plugins.modules"
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
-TEMPLATE_DIR = REPO / "roles/vm/templates"
-URI = "test:///default"
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # failed look-ups are expected here, not noise
-
-
-def _load(name: str):
-    return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-vcl_domain = _load("vcl_domain")
-vcl_domains = _load("vcl_domains")
-
-
-def run(module, capsys, check_mode: bool = False, **args) -> dict:
-    """Run a module's main() in this process; returns its JSON result."""
-    capsys.readouterr()
-    with patch_module_args({"uri": URI, **args, "_ansible_check_mode": check_mode}), pytest.raises(SystemExit):
-        module.main()
-    return json.loads(capsys.readouterr().out)
-
-
-def run_process(tmp_path: Path, **args) -> dict:
-    """Run vcl_domain as its own process (fresh test driver state), the way Ansible's wrapper does."""
-    args_file = tmp_path / f"args-{uuid.uuid4().hex[:6]}.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"uri": URI, **args}}))
-    proc = subprocess.run([sys.executable, "-m", f"{PACKAGE}.vcl_domain", str(args_file)],
-                          text=True, capture_output=True, env=ENV)  # fmt: skip
-    return json.loads(proc.stdout)
-
-
-def render(**overrides) -> str:
-    """The real template, rendered as Ansible does (trim_blocks) with undefined variables as errors."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True)  # fmt: skip
-    return env.get_template("domain.xml.j2").render(**overrides)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def test_driver():
-    """test:///default forgets everything when its last connection closes (each module run closes its
-    own): this one stays open, so state lives from one module run to the next, as with a daemon."""
-    conn = libvirt.open(URI)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture(scope="module")
-def qemu_img() -> str:
-    path = shutil.which("qemu-img")
-    if path is None:
-        pytest.fail("qemu-img is missing: scripts/setup.sh installs it (qemu-utils)", pytrace=False)
-    return path
-
-
-@pytest.fixture
-def vm(tmp_path, qemu_img):
-    """A fresh VM's parameters: a real qcow2 base image, and where its overlay and serial log go."""
-    base = tmp_path / "base.qcow2"
-    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    name = "vcl-t" + uuid.uuid4().hex[:8]
-    variables = {
-        "vm__domain_name": name, "vm__domain_type": "qemu", "vm__domain_memory_mb": 128, "vm__domain_vcpus": 1,
-        "vm__domain_overlay": str(tmp_path / f"{name}.qcow2"), "vm__domain_mac": "52:54:00:12:34:56",
-        "vm__domain_serial_log": str(tmp_path / f"{name}.log"), "vm__domain_vnc_listen": "10.0.0.21",
-        "vm__domain_vnc_password": "s3cret",
-    }  # fmt: skip
-    yield {"name": name, "base": str(base), "overlay": variables["vm__domain_overlay"],
-           "log": variables["vm__domain_serial_log"],
-           "vars": variables, "xml": render(**variables)}  # fmt: skip
-    conn = libvirt.open(URI)
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-
-
-def domain(name: str):
-    try:
-        return libvirt.open(URI).lookupByName(name)
-    except libvirt.libvirtError:
-        return None
+test_driver, qemu_img = domain_support.test_driver, domain_support.qemu_img
+vm = domain_support.vm_fixture("vcl-t", mac="52:54:00:12:34:56")
+vcl_domain = load("vcl_domain")
+vcl_domains = load("vcl_domains")
 
 
 def launch_args(vm: dict) -> dict:
@@ -389,7 +303,7 @@ def _xml_without_password(vm, listen="10.0.0.21"):
 def test_bad_input_names_the_field_and_changes_nothing(vm, tmp_path, change, field, words):
     args = {**launch_args(vm), **change(vm)}
     args = {k: v for k, v in args.items() if v is not None}
-    result = run_process(tmp_path, **args)
+    result = domain_support.run_process("vcl_domain", tmp_path, **args)
     assert result.get("failed") is True, result
     assert result["msg"].startswith(f"{field}:") or f"value of {field} must be" in result["msg"], result
     assert words in result["msg"], result
@@ -425,3 +339,73 @@ def test_auto_domain_type_is_resolved_on_the_slave(tmp_path, fact, flags, expect
     assert out == xml.replace("'auto'", f"'{expected}'")
     fixed = "<domain type='qemu'><name>vcl-1</name></domain>"
     assert mod.resolve_domain_type(fixed, str(fact_file), str(cpuinfo)) == fixed
+
+
+# -- saved_file: a guest's memory brought from another slave (vcl_domain_move) ------------------------------------
+
+
+def _saved(vm: dict, capsys, tmp_path: Path) -> str:
+    """The VM launched, then its memory saved to a file with libvirt's virDomainSave: defined, shut off, no managed
+    save image (what vcl_domain_move leaves with state=imported and start=false)."""
+    run(vcl_domain, capsys, **launch_args(vm))
+    path = str(tmp_path / f"{vm['name']}.save")
+    domain(vm["name"]).saveFlags(path, None, 0)
+    assert not domain(vm["name"]).isActive() and not domain(vm["name"]).hasManagedSaveImage(0)
+    return path
+
+
+def test_running_restores_from_saved_file_and_removes_it(vm, capsys, tmp_path):
+    saved = _saved(vm, capsys, tmp_path)
+    would = run(vcl_domain, capsys, check_mode=True, **launch_args(vm), saved_file=saved)
+    assert would["changed"] is True and would["removed"] == [saved] and would["domain_state"] == "running", would
+    assert not domain(vm["name"]).isActive() and Path(saved).is_file()
+
+    result = run(vcl_domain, capsys, **launch_args(vm), saved_file=saved)
+    assert result["changed"] is True and result["domain_state"] == "running", result
+    assert result["removed"] == [saved] and result["created"] == [] and not Path(saved).exists()
+    assert domain(vm["name"]).state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_RESTORED]
+    again = run(vcl_domain, capsys, **launch_args(vm), saved_file=saved)
+    assert again["changed"] is False and again["removed"] == [], again
+
+
+def test_running_without_the_saved_file_starts_cold_as_before(vm, capsys, tmp_path):
+    run(vcl_domain, capsys, **launch_args(vm))
+    domain(vm["name"]).destroy()
+    result = run(vcl_domain, capsys, **launch_args(vm), saved_file=str(tmp_path / "absent.save"))
+    assert result["changed"] is True and result["removed"] == [], result
+    assert domain(vm["name"]).state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_BOOTED]
+
+
+def test_a_managed_save_image_wins_over_saved_file(vm, capsys, tmp_path):
+    saved = _saved(vm, capsys, tmp_path)
+    domain(vm["name"]).create()
+    run(vcl_domain, capsys, name=vm["name"], state="suspended")
+    result = run(vcl_domain, capsys, **launch_args(vm), saved_file=saved)
+    assert result["changed"] is True and result["removed"] == [] and result["managed_save"] is False, result
+    assert Path(saved).is_file(), "not used: the managed save image was restored"
+
+
+def test_a_saved_file_that_is_a_symlink_or_holds_another_domain_is_refused(vm, capsys, tmp_path):
+    saved = _saved(vm, capsys, tmp_path)
+    link = str(tmp_path / "link.save")
+    os.symlink(saved, link)
+    linked = run(vcl_domain, capsys, **launch_args(vm), saved_file=link)
+    assert linked.get("failed") is True and linked["msg"] == f"saved_file: {link} is a symlink; refused (nothing" \
+        " followed)", linked  # fmt: skip
+    assert not domain(vm["name"]).isActive() and Path(saved).is_file()
+
+    dom = domain(vm["name"])
+    first_uuid = dom.UUIDString()
+    dom.undefine()
+    libvirt.open(URI).defineXML(vm["xml"])  # the same name, another UUID
+    other = run(vcl_domain, capsys, **launch_args(vm), saved_file=saved)
+    assert other.get("failed") is True and other["msg"].startswith(f"saved_file: {saved} holds the domain with UUID"
+                                                                   f" '{first_uuid}', not"), other  # fmt: skip
+    assert not domain(vm["name"]).isActive() and Path(saved).is_file()
+
+
+def test_absent_removes_the_saved_file_too(vm, capsys, tmp_path):
+    saved = _saved(vm, capsys, tmp_path)
+    gone = run(vcl_domain, capsys, name=vm["name"], state="absent", overlay=vm["overlay"], saved_file=saved)
+    assert gone["changed"] is True and sorted(gone["removed"]) == sorted([vm["overlay"], saved]), gone
+    assert domain(vm["name"]) is None and not Path(saved).exists()

@@ -42,6 +42,9 @@ PLAYBOOKS = {
     "reconcile": (["kvm__instance_dir", "vm__unnet_id", "launch_console_dir", "vm__launch_console_dir"], {}),
     "disk": (["disk", "disk_action", "image", "image_groups", "cores", "ram_mb", "platform_value", "acting_user"],
              {"disk_action": "delete", "disk": "1"}),
+    "lend": (["lend_host", "lend_user", "lend_hours", "lend_instance", "acting_user"],
+             {"lend_host": "pc", "lend_user": "ann"}),
+    "reclaim": (["reclaim_due", "lend_host", "acting_user"], {"lend_host": "pc"}),
 }
 CASES = [(book, field) for book, (fields, _) in PLAYBOOKS.items() for field in fields]
 # Every class of hostile input goes into the first field of each playbook; every other field gets the hand-typed
@@ -49,7 +52,7 @@ CASES = [(book, field) for book, (fields, _) in PLAYBOOKS.items() for field in f
 # ansible-playbook run (seconds each), so the full cross product would take half an hour.
 FIRST = {book: fields[0] for book, (fields, _) in PLAYBOOKS.items()}
 # Digits are a valid name (a user 18446744073709551616 may exist): not hostile.
-NAMES = {"owner", "user", "image", "image_groups", "disk_action"}
+NAMES = {"owner", "user", "image", "image_groups", "disk_action", "lend_host", "lend_user"}
 
 
 @pytest.fixture

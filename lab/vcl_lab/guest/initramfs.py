@@ -3,6 +3,9 @@ kernel modules to load and an ``/init`` that prints ``vcl-guest: booted``, confi
 [``vcl.gw=ADDR``] on the kernel command line, else DHCP with busybox udhcpc), prints ``vcl-guest: lease <ip>``
 once and answers every TCP connection on MARKER_PORT with one line ``vcl-guest ready <ip> <mac>``.
 
+With ``vcl.fill=PCT`` (0..45) it writes PCT % of its RAM with non-zero data before it answers, so a saved guest
+carries that much memory (bench/lend.py).
+
 With ``vcl.try=KIND:ARG[:ARG...][,...]`` on the command line the guest is hostile: once it has its address it
 runs each attempt (TRY_SCRIPT: reach a host's port, take another address or MAC, claim an address by ARP,
 answer DHCP) and prints one ``vcl-guest: try ...`` line per attempt (TRY_RE), then ``vcl-guest: tries done``.
@@ -52,11 +55,13 @@ done
 STATIC=
 GW=
 TRY=
+FILL=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vcl.ip=*) STATIC="${arg#vcl.ip=}" ;;
         vcl.gw=*) GW="${arg#vcl.gw=}" ;;
         vcl.try=*) TRY="${arg#vcl.try=}" ;;
+        vcl.fill=*) FILL="${arg#vcl.fill=}" ;;
     esac
 done
 ip link set lo up
@@ -79,6 +84,15 @@ else
     udhcpc -f -i eth0 -s /etc/vcl/udhcpc.sh -t 4 -T 2 -A 2 >/dev/null 2>&1 &
     while [ ! -s /run/vcl/ip ]; do usleep 100000; done
     IP=$(cat /run/vcl/ip)
+fi
+# vcl.fill=PCT (benchmarks): PCT % of the guest's RAM (at most 45: the root file system is a tmpfs of half the RAM)
+# written with non-zero data before the marker answers, so a saved guest carries that much memory.
+if echo "$FILL" | grep -Eq '^[0-9]{1,2}$' && [ "$FILL" -le 45 ]; then
+    KB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+    yes vcl-fill | head -c $((KB / 100 * FILL * 1024)) >/run/vcl/fill || say "error: cannot fill $FILL %"
+    say "filled $FILL % of $((KB / 1024)) MB"
+elif [ -n "$FILL" ]; then
+    say "error: bad vcl.fill=$FILL (0..45)"
 fi
 echo "vcl-guest ready $IP $MAC" >/run/vcl/marker
 # One line per connection, as many connections as come (-ll); restarted should nc ever stop.
