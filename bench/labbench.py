@@ -21,12 +21,14 @@ class LabBench:
     def __init__(self, lab: Lab, url: str) -> None:
         self.lab, self.url = lab, url
         self.env = {"VCL_DB_URL": url, "HOME": os.environ.get("HOME", "/root")}
+        self.last_recap = None  # the last play's recap (changed counts per host)
 
     def play(self, name: str, *extra: str) -> float:
         path = ROOT / "site.yml" if name == "site" else ROOT / "playbooks" / f"{name}.yml"
         t0 = time.monotonic()
         recap = run_playbook(self.lab.inventory, path, *extra, cwd=ROOT, env=self.env)
         seconds = time.monotonic() - t0
+        self.last_recap = recap
         if not recap.ok:
             raise SystemExit(f"{name}.yml failed:\n{recap.stdout[-5000:]}\n{recap.stderr[-2000:]}")
         return seconds

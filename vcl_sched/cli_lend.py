@@ -14,7 +14,7 @@ from typing import Any
 from . import lending
 from .errors import ValidationError
 from .tables import EXIT_OK, emit, table
-from .validate import check_name, id_value, whole
+from .validate import check_name, host_name, id_value, whole
 
 _Add = Callable[..., argparse.ArgumentParser]
 LENT_COLUMNS = ("name", "address", "lent_by", "lend_state", "lend_until", "status", "cores_used", "cores_total",
@@ -39,7 +39,7 @@ def cmd_lend_decline(args: argparse.Namespace) -> int:
 
 
 def enrol_vars(args: argparse.Namespace) -> dict[str, Any]:
-    extravars: dict[str, Any] = {"lend_host": check_name("host", args.host), "lend_user": check_name("user", args.user),
+    extravars: dict[str, Any] = {"lend_host": host_name("host", args.host), "lend_user": check_name("user", args.user),
                                  "lend_hours": str(whole("hours", args.hours, 1, lending.MAX_LEND_HOURS))}
     if args.request is not None:
         extravars["lend_instance"] = str(id_value("request", args.request))
@@ -51,7 +51,7 @@ def reclaim_vars(args: argparse.Namespace) -> dict[str, Any]:
         return {"reclaim_due": "true"}
     if args.host is None:
         raise ValidationError("host", "name the PC to take back, or give --due")
-    return {"lend_host": check_name("host", args.host)}
+    return {"lend_host": host_name("host", args.host)}
 
 
 def add_commands(sub: argparse._SubParsersAction, add: _Add, run_options: Callable[..., None],  # type: ignore[type-arg]

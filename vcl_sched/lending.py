@@ -149,6 +149,7 @@ def enrol(*, user: Any, name: Any, address: Any, cores: Any, ram_mb: Any, disk_g
 
     def apply(session: Session) -> dict[str, Any]:
         db.lock(session, "lending")
+        check_host_address(session, address)  # the input first: inside lab_subnet, not a gateway's or a pool's
         actor = authz.fresh(session, acting.current())
         owner = session.scalar(select(User).where(User.name == user_name))
         if owner is None:
@@ -161,7 +162,6 @@ def enrol(*, user: Any, name: Any, address: Any, cores: Any, ram_mb: Any, disk_g
             if inst.user_id != owner.id:
                 raise ConflictError(f"instance: instance {iid} is not {user_name}'s request")
             _owes(session, inst)
-        check_host_address(session, address)
         slave = session.scalar(select(Slave).where(Slave.name == name))
         holder = session.scalar(select(Slave.name).where(Slave.address == address, Slave.name != name))
         if holder is not None:

@@ -471,6 +471,36 @@ def test_a_kept_disk_follows_its_user_survives_a_killed_copy_and_becomes_an_imag
 LENDER = "lena"
 
 
+def client_network(lab: Lab) -> dict[str, str]:
+    """The client machine's network configuration files (ifupdown), to put back once it is no longer lent."""
+    names = lab.ssh("client", "find", "/etc/network/interfaces.d", "-maxdepth", "1", "-type", "f").stdout.split()
+    return {path: lab.ssh("client", "cat", "--", path).stdout for path in ["/etc/network/interfaces", *names]}
+
+
+def restore_client_network(lab: Lab, saved: dict[str, str]) -> None:
+    """The owner's configuration back (the lab's other tests use the client's plain uplink): the files as they were,
+    the uplink out of the bridge with its address, the default route again. Run detached on the client, since the
+    address moves under the ssh session."""
+    address = lab.state().machines["client"].address
+    uplink, gateway = "eth0", lab.state().subnets.gateway
+    now = set(lab.ssh("client", "find", "/etc/network/interfaces.d", "-maxdepth", "1", "-type", "f").stdout.split())
+    for path in sorted(now - set(saved)):
+        lab.ssh("client", "rm", "-f", "--", path)
+    for path, text in saved.items():
+        lab.ssh("client", "python3", "-c", "import sys; open(sys.argv[1], 'w').write(sys.argv[2])", path, text)
+    prefix = lab.state().subnets.lan.prefixlen
+    script = (f"ip link set {uplink} nomaster; ip link del br0; ip addr replace {address}/{prefix} dev {uplink};"
+              f" ip link set {uplink} up; ip route replace default via {gateway} dev {uplink}")
+    lab.ssh("client", "setsid", "-f", "sh", "-c", f"exec </dev/null >/dev/null 2>&1; sleep 1; {script}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = lab.ssh("client", "ip", "-4", "-o", "address", "show", "dev", uplink, timeout=10)
+        if out.returncode == 0 and f"{address}/" in out.stdout:
+            return
+        time.sleep(1)
+    raise AssertionError("the client's uplink did not get its address back")
+
+
 def free_cores(url: str, slave: str) -> int:
     return next(s["cores_free"] for s in service.list_slaves(url) if s["name"] == slave)
 
@@ -486,6 +516,7 @@ def test_a_lent_pc_takes_a_vm_and_its_owner_takes_it_back_without_losing_the_vm(
     slaves = sorted(lab.of_role("slave"))
     people.add_user(LENDER, role="student", url=url)
     people.add_members(GROUP, [LENDER], url=url)
+    network = client_network(lab)
     try:
         # 1. Her request (RAS=1) is served on a slave of the lab: her PC is owed.
         must(play(lab, url, "reserve", "-e", f"owner={GROUP}", "-e", "cores=1", "-e", "ram_mb=128", "-e", "hours=1",
@@ -547,3 +578,4 @@ def test_a_lent_pc_takes_a_vm_and_its_owner_takes_it_back_without_losing_the_vm(
     finally:
         for name in slaves:
             service.set_slave_status(name, "up", url)
+        restore_client_network(lab, network)

@@ -5,8 +5,8 @@
   (marked unsafe, as `vcl run` passes it), each task ignores errors and registers its result; a test-only action
   hashes a full dump of the database between every two cases. Each case: failed, one line naming the field, no
   traceback, no MARKER, the database unchanged (free text: kept verbatim as data).
-* `vcl reserve --run`, `vcl run`, `vcl disk delete` and `vcl disk capture` as real processes (ansible-runner):
-  nothing runs, nothing is written.
+* `vcl reserve --run`, `vcl run`, `vcl disk delete`, `vcl disk capture`, `vcl lend enrol` and `vcl lend reclaim` as
+  real processes (ansible-runner): nothing runs, nothing is written.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def process_outcomes(tmp_path_factory):
 
 def test_reserve_run_and_run_e_run_nothing_and_write_nothing(process_outcomes):
     assert {o.entry for o in process_outcomes} == {"vcl reserve --run", "vcl run -e", "vcl disk delete",
-                                                   "vcl disk capture"}
+                                                   "vcl disk capture", "vcl lend enrol", "vcl lend reclaim"}
     assert not any(o.marker for o in process_outcomes)
     bad = hc.failures(process_outcomes)
     assert not bad, "\n".join(bad)
