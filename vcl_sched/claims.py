@@ -205,6 +205,16 @@ def release_slave(session: Session, slave_id: int, cores: int, ram_mb: int, disk
                                             "now": config.now()})
 
 
+def release_move_hold(session: Session, inst: Instance) -> None:
+    """A move off a lent PC held room on another slave (``lending.move_begin``): give it back (its cores and RAM
+    too where the VM was to run on there) and forget the move."""
+    if inst.moving_to is None:
+        return
+    run = inst.moving_hold == "run"
+    release_slave(session, inst.moving_to, inst.cores if run else 0, inst.ram_mb if run else 0, inst.disk_gb)
+    inst.moving_to = inst.moving_hold = None
+
+
 def new_mac(prefix: str) -> str:
     tail = secrets.token_bytes(3)
     return prefix + "".join(f":{b:02x}" for b in tail)

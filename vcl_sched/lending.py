@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from . import acting, authz, config, db, placement
 from .audit import audit
 from .catalogue import check_host_address, slave_row
-from .claims import claim_slave, instance_row, release_slave, slave_states
+from .claims import claim_slave, instance_row, release_move_hold, release_slave, slave_states
 from .errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from .lifecycle import domain_name
 from .models import Instance, InstanceState, Slave, SlaveStatus, User
@@ -80,7 +80,7 @@ def _instance(session: Session, instance_id: Any, lock: bool = True) -> Instance
     return inst
 
 
-def _owes(session: Session, inst: Instance) -> None:
+def _owes(inst: Instance) -> None:
     """``inst`` is a served request whose user promised a PC and has not answered yet, or ConflictError."""
     if not inst.register_as_slave or inst.user_id is None:
         raise ConflictError(f"id: instance {inst.id} did not promise a PC (register_as_slave=0 or no user)")
@@ -115,7 +115,7 @@ def decline(instance_id: Any, reason: str = "declined", url: str | None = None) 
     def apply(session: Session) -> dict[str, Any]:
         inst = _instance(session, instance_id)
         authz.check_instance(session, acting.current(), inst.user_id, inst.group_id)
-        _owes(session, inst)
+        _owes(inst)
         user = session.get(User, inst.user_id)
         assert user is not None
         limit = db.load_settings(session).decline_limit
@@ -161,7 +161,7 @@ def enrol(*, user: Any, name: Any, address: Any, cores: Any, ram_mb: Any, disk_g
             inst = _instance(session, iid, lock=False)
             if inst.user_id != owner.id:
                 raise ConflictError(f"instance: instance {iid} is not {user_name}'s request")
-            _owes(session, inst)
+            _owes(inst)
         slave = session.scalar(select(Slave).where(Slave.name == name))
         holder = session.scalar(select(Slave.name).where(Slave.address == address, Slave.name != name))
         if holder is not None:
@@ -325,14 +325,6 @@ def move_begin(instance_id: Any, url: str | None = None) -> dict[str, Any]:
     return db.write(apply, url)
 
 
-def _give_back_hold(session: Session, inst: Instance) -> None:
-    if inst.moving_to is None:
-        return
-    run = inst.moving_hold == "run"
-    release_slave(session, inst.moving_to, inst.cores if run else 0, inst.ram_mb if run else 0, inst.disk_gb)
-    inst.moving_to = inst.moving_hold = None
-
-
 def move_commit(instance_id: Any, running: Any, console_port: Any = None, url: str | None = None) -> dict[str, Any]:
     """The VM now lives on the slave :func:`move_begin` chose, running (``running``) or suspended there: the PC's
     room goes back, and a VM that waits suspended gives back the cores and RAM held for it."""
@@ -374,7 +366,7 @@ def move_abort(instance_id: Any, url: str | None = None) -> dict[str, Any]:
         changed = inst.moving_to is not None
         if changed:
             target = inst.moving_to
-            _give_back_hold(session, inst)
+            release_move_hold(session, inst)
             inst.updated_at = config.now()
             audit(session, "instance", inst.id, "move_abort", {"to": target}, None)
         return {"changed": changed, "id": inst.id}

@@ -38,6 +38,7 @@ from .claims import (
     instance_row,
     quarantine_addresses,
     release_addresses,
+    release_move_hold,
     release_slave,
     set_suspended,
     slave_state,
@@ -755,10 +756,7 @@ def _lose(session: Session, inst: Instance, why: str, now: datetime, lookahead: 
     before = str(inst.state)
     slave = inst.slave_id
     _give_back(session, inst)
-    if inst.moving_to is not None:  # a move off a lent PC held room elsewhere (SPEC §9): it goes back too
-        run = inst.moving_hold == "run"
-        release_slave(session, inst.moving_to, inst.cores if run else 0, inst.ram_mb if run else 0, inst.disk_gb)
-        inst.moving_to = inst.moving_hold = None
+    release_move_hold(session, inst)  # a move off a lent PC held room elsewhere (SPEC §9): it goes back too
     inst.state = InstanceState.LOST
     inst.lease_owner = inst.lease_until = None
     inst.updated_at = now
