@@ -457,6 +457,8 @@ def cli_entries(lab: Lab) -> list[CliEntry]:
                   "ram_mb": CliField("number", ("ram_mb",)),
                   "platform_value": CliField("number", ("platform_value",))},
                  process=True, one_per_class=True),
+        CliEntry("vcl extend", lambda v, n: ["extend", f"--hours={v.get('hours', '1')}", "--", v.get("id", "1")],
+                 {"id": CliField("id", ("id",)), "hours": CliField("number", ("hours",))}),
         CliEntry("vcl lend decline", lambda v, n: ["lend", "decline", "--", v["id"]], {"id": CliField("id", ("id",))}),
         CliEntry("vcl lend enrol", lambda v, n: ["lend", "enrol", *_opts(
             {k: x for k, x in v.items() if k != "host"}, {"user": "ana", "hours": "8", "request": "1"}, {}),

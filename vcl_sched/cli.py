@@ -239,6 +239,14 @@ def cmd_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_extend(args: argparse.Namespace) -> int:
+    from . import lifecycle
+
+    result = lifecycle.extend(args.id, args.hours)
+    emit(args, result, lambda r: f"instance {r['id']} now ends at {r['ends_at']} ({r['hours_added']} more hour(s))")
+    return EXIT_OK
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     emit(args, service.audit_log(limit=whole("limit", args.limit, 1, AUDIT_LIMIT_MAX)),
          lambda rows: table(rows, ("id", "at", "actor", "object", "action", "after")))
@@ -468,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     p = add("release", cmd_release, "end a VM and give back its cores, RAM, disk and addresses")
     p.add_argument("id")
+    p = add("extend", cmd_extend, "give a running best-effort VM more hours (within the look-ahead and what is"
+                                  " promised on its slave)")
+    p.add_argument("id")
+    p.add_argument("--hours", required=True, help="how many more hours (1..booking.lookahead_max_hours)")
     p = add("audit", cmd_audit, "the audit log, newest first")
     p.add_argument("--limit", default=50, help=f"at most this many entries (1..{AUDIT_LIMIT_MAX})")
     p = add("priority", cmd_priority, "compute PF and Pi for request values")

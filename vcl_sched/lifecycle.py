@@ -894,3 +894,55 @@ def reconcile(observed: Mapping[str, Any], url: str | None = None) -> dict[str, 
 
 def instance_ids(values: Sequence[Any] | None, field: str = "ids") -> list[int]:
     return [whole(field, v) for v in values or ()]
+
+
+# --- extend ---------------------------------------------------------------------------------------
+
+def extend(instance_id: Any, hours: Any, url: str | None = None) -> dict[str, Any]:
+    """More time for a running best-effort VM (SPEC §4, within policy): ``hours`` more, so long as its new end
+    stays within the look-ahead from now (``booking.lookahead_max_hours``), within its lent PC's lending, and its
+    cores and RAM on its slave are promised to nothing else before then (reserved seats and the other VMs as the
+    calendar counts them). Its owner, the teacher of its group and admins may. One write transaction under the
+    calendar lock, so a reservation admitted at the same moment sees either the old end or the new one."""
+    from . import acting
+
+    iid = whole("id", instance_id)
+    db.require_schema(url)
+    with db.read(url) as session:
+        settings = db.load_settings(session)
+    more = whole("hours", hours, 1, settings.booking.lookahead_max_hours)
+
+    def apply(session: Session) -> dict[str, Any]:
+        db.lock(session, "calendar")
+        inst = session.get(Instance, iid)
+        if inst is None:
+            raise NotFoundError(f"id: no instance {iid}")
+        authz.check_instance(session, acting.current(), inst.user_id, inst.group_id)
+        if inst.kind != InstanceKind.BE:
+            raise ValidationError("id", f"VM {iid} is a seat of a class session: it ends with its session")
+        if inst.state != InstanceState.RUNNING or inst.ends_at is None or inst.slave_id is None:
+            raise ValidationError("id", f"VM {iid} is {inst.state}: only a running VM can be extended")
+        now = config.now()
+        before = inst.ends_at
+        new_end = before + more * HOUR
+        ceiling = now + settings.booking.lookahead_max_hours * HOUR
+        if new_end > ceiling:
+            room = max(0, int((ceiling - before) // HOUR))
+            raise ValidationError("hours", f"at most {room} more hour(s): a VM runs at most"
+                                           f" {settings.booking.lookahead_max_hours} hours ahead of now")
+        slave = session.get(Slave, inst.slave_id)
+        if slave is not None and slave.lend_until is not None and new_end > slave.lend_until:
+            room = max(0, int((slave.lend_until - before) // HOUR))
+            raise ValidationError("hours", f"at most {room} more hour(s): the PC it runs on is lent until"
+                                           f" {iso(slave.lend_until)}")
+        view = promises.view(session, now, settings.booking.lookahead_max_hours, skip=frozenset({iid}))
+        free_until = view.ledger.free_until(inst.slave_id, inst.cores, inst.ram_mb)
+        if free_until is not None and free_until < new_end:
+            room = max(0, int((free_until - before) // HOUR))
+            raise ValidationError("hours", f"at most {room} more hour(s): its cores on {slave.name if slave else '?'}"
+                                           f" are promised from {iso(free_until)}")
+        inst.ends_at = new_end
+        audit(session, "instance", iid, "extend", {"ends_at": iso(before)}, {"ends_at": iso(new_end)})
+        return {"id": iid, "ends_at": iso(new_end), "hours_added": more, "changed": True}
+
+    return db.write(apply, url)
