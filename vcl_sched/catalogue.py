@@ -71,6 +71,7 @@ def image_ref(q: Session | db.Direct, name: str | None) -> tuple[int, int] | Non
     """The image's id and default disk size, or None without an image."""
     if name is None:
         return None
+    name = check_name("image", name)
     row = _IMAGE_REF.first(q, {"name": name})
     if row is None:
         raise ValidationError("image", f"no image named {name!r} (add it with `vcl image add`)")

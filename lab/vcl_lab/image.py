@@ -55,6 +55,16 @@ BASE_PACKAGES: tuple[str, ...] = (
     "rsync",
     # vcl_master role: the master checks kept disks and flattens captured ones with qemu-img (SPEC §10).
     "qemu-utils",
+    # vcl_master role, the web portal: noVNC (the browser's console client, which pulls nodejs and numpy in),
+    # websockify (the console proxy; python3-websockify holds its code), openssl (the portal's certificates).
+    "novnc",
+    "websockify",
+    "python3-websockify",
+    "python3-numpy",
+    # websockify's python3-jwcrypto needs python3-cryptography, whose python3-cffi-backend-api-* dependencies are
+    # virtual packages debootstrap does not resolve: name their provider.
+    "python3-cffi-backend",
+    "openssl",
 )
 
 #: The slaves' layer: libvirt + QEMU (software emulation), installed without recommends
