@@ -69,24 +69,29 @@ def images_for(groups: list[str], url: str) -> list[dict[str, Any]]:
 
 
 def vms_of(actor: Actor, url: str, page: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """A page of live VMs: a student's own, a teacher's own and their groups', every one for an admin; and how
-    many there are."""
+    """A page of live VMs, newest first: a student's own, a teacher's own and their groups', every one for an
+    admin; and how many there are. The page's ids are chosen first (an index walk on the state, no join), then
+    only those rows are read whole."""
     with db.read(url) as s:
         cond = Instance.state.in_(LIVE)
         if actor.role != ADMIN:
-            cond = and_(cond, or_(Instance.user_id == actor.user_id, Group.owner_id == actor.user_id))
-        base = select(Instance, Slave.name, Group.name).outerjoin(Slave, Slave.id == Instance.slave_id) \
-            .join(Group, Group.id == Instance.group_id).where(cond)
-        total = s.scalar(select(func.count()).select_from(base.subquery())) or 0
-        rows = s.execute(base.order_by(Instance.id.desc()).limit(PAGE).offset(page * PAGE))
-        images = {}
+            owned = select(Group.id).where(Group.owner_id == actor.user_id)
+            cond = and_(cond, or_(Instance.user_id == actor.user_id, Instance.group_id.in_(owned)))
+        total = s.scalar(select(func.count(Instance.id)).where(cond)) or 0
+        ids = list(s.scalars(select(Instance.id).where(cond).order_by(Instance.id.desc())
+                             .limit(PAGE).offset(page * PAGE)))
+        if not ids:
+            return [], total
+        rows = s.execute(select(Instance, Slave.name, Group.name).outerjoin(Slave, Slave.id == Instance.slave_id)
+                         .join(Group, Group.id == Instance.group_id).where(Instance.id.in_(ids))
+                         .order_by(Instance.id.desc())).all()
+        image_ids = {inst.image_id for inst, _, _ in rows if inst.image_id is not None}
+        images = {iid: name for iid, name in s.execute(select(Image.id, Image.name).where(Image.id.in_(image_ids)))}
         out = []
         for inst, slave, group in rows:
             row = instance_row(inst, slave, group)
             row["user_id"] = inst.user_id
-            if inst.image_id is not None and inst.image_id not in images:
-                images[inst.image_id] = s.scalar(select(Image.name).where(Image.id == inst.image_id))
-            row["image"] = images.get(inst.image_id) if inst.image_id is not None else None
+            row["image"] = images.get(inst.image_id)
             out.append(row)
         return out, total
 
