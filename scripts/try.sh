@@ -42,3 +42,13 @@ address=$(vcl slave list --json | python3 -c "import json,sys; print([s['address
 echo "Console: VNC on $address:$port, password in ~/.vcl/consoles/vm-$id-$mac.vnc (from a host of the lab LAN:"
 echo "  vncviewer $address:$port); the guest's serial log is /var/lib/vcl/instances/vcl-$id.log on $slave."
 echo "Stop it with: ansible-playbook vcl.lab.stop -e id=$id"
+master=$(ansible-inventory --host master | python3 -c 'import json,sys; print(json.load(sys.stdin)["ansible_host"])')
+# The client machine reaches the portal over HTTPS, the certificate checked against the master's CA.
+mkdir -p build
+ansible master -m ansible.builtin.fetch -a "src=/etc/vcl/portal/ca.crt dest=$PWD/build/lab-portal-ca.crt flat=true" >/dev/null
+ansible client -m ansible.builtin.copy -a "src=$PWD/build/lab-portal-ca.crt dest=/etc/ssl/vcl-portal-ca.crt mode=0644" >/dev/null
+ansible client -m ansible.builtin.command -a \
+    "python3 -c 'import ssl,urllib.request,sys; ctx=ssl.create_default_context(cafile=sys.argv[2]); print(\"portal:\", urllib.request.urlopen(sys.argv[1], context=ctx, timeout=20).status)' https://$master/login /etc/ssl/vcl-portal-ca.crt"
+echo "The portal (docs/portal.md): https://$master/ from the lab (its certificate is signed by the master's CA,"
+echo "  /etc/vcl/portal/ca.crt there). It serves the master's own lab database: on a real lab the controller is the"
+echo "  master; here, people are added on the master, e.g. ssh to it and: vcl user add ann --password-stdin"
