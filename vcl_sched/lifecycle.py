@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import authz, config, db, disks, imagepath, placement, promises
+from . import acting, authz, config, db, disks, imagepath, placement, promises
 from .audit import audit
 from .claims import (
     HOLDS_CAPACITY,
@@ -904,8 +904,6 @@ def extend(instance_id: Any, hours: Any, url: str | None = None) -> dict[str, An
     cores and RAM on its slave are promised to nothing else before then (reserved seats and the other VMs as the
     calendar counts them). Its owner, the teacher of its group and admins may. One write transaction under the
     calendar lock, so a reservation admitted at the same moment sees either the old end or the new one."""
-    from . import acting
-
     iid = whole("id", instance_id)
     db.require_schema(url)
     with db.read(url) as session:

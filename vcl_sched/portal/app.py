@@ -363,10 +363,10 @@ async def console_page(portal: Portal, request: Request, actor: Actor) -> Respon
     token = console.new_token(portal.cfg.console_tokens, vm["slave_address"], port)
     host = request.url.hostname or ""
     ws = f"wss://{host}:{portal.cfg.console_port}/?token={token}"
-    actor_page = portal.page(request, "console.html", vm=vm, ws_url=ws, vnc_password=password)
-    actor_page.headers["Content-Security-Policy"] = _headers(f"wss://{host}:{portal.cfg.console_port}")[
+    response = portal.page(request, "console.html", vm=vm, ws_url=ws, vnc_password=password)
+    response.headers["Content-Security-Policy"] = _headers(f"wss://{host}:{portal.cfg.console_port}")[
         "Content-Security-Policy"]
-    return actor_page
+    return response
 
 
 # --- a request (best effort) ----------------------------------------------------------------------

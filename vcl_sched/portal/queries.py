@@ -11,6 +11,7 @@ from sqlalchemy import String, and_, func, or_, select, type_coerce
 
 from .. import db
 from ..acting import ADMIN, TEACHER, Actor
+from ..bookings import _reservation_row
 from ..claims import HOLDS_CAPACITY, instance_row
 from ..models import (
     Group,
@@ -114,8 +115,6 @@ def sessions_of(groups: list[str], url: str, since: datetime, limit: int = 200) 
                             and_(Reservation.state == ReservationState.REFUSED,
                                  Reservation.requested_start > since - timedelta(days=1))))
                  .order_by(func.coalesce(Reservation.start, Reservation.requested_start), Reservation.id).limit(limit))
-        from ..bookings import _reservation_row
-
         return [_reservation_row(r, g) for r, g in s.execute(query)]
 
 

@@ -13,7 +13,7 @@ LEFT, RIGHT, TOP, BOTTOM = 48, 12, 16, 40
 COLOURS = {"reserved": "#c0392b", "best_effort": "#2e86c1", "free": "#d5f5e3"}
 
 
-def _y(value: float, top: int, scale: float) -> float:
+def _y(value: float, scale: float) -> float:
     return round(HEIGHT - BOTTOM - value * scale, 1)
 
 
@@ -35,14 +35,14 @@ def svg(p: Profile) -> str:
         base = 0
         for kind, value in (("reserved", reserved), ("best_effort", best), ("free", free)):
             if value:
-                y = _y(base + value, top, scale)
+                y = _y(base + value, scale)
                 height = round(value * scale, 1)
                 out.append(f'<rect class="{kind}" x="{x}" y="{y}" width="{w}" height="{height}"'
                            f' fill="{COLOURS[kind]}"><title>'
                            f'{escape((p.start + timedelta(hours=h)).strftime("%a %H:00"))}: {value} core(s)'
                            f' {kind.replace("_", " ")}</title></rect>')
             base += value
-    cap_y = _y(max(p.capacity) if p.capacity else 0, top, scale)
+    cap_y = _y(max(p.capacity) if p.capacity else 0, scale)
     out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{cap_y}" y2="{cap_y}" stroke="#145a32"'
                ' stroke-dasharray="4 3"/>')
     out.append(f'<text x="{LEFT - 4}" y="{cap_y + 4}" text-anchor="end">{max(p.capacity) if p.capacity else 0}</text>')
